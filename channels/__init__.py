@@ -1,0 +1,1 @@
+"""Channel adapters (SMS, email, call) behind one small protocol."""

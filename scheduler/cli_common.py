@@ -1,0 +1,64 @@
+"""Pieces every CLI command shares: the ``--config`` option, settings and store opening,
+and the mapping of remind's errors to exit codes and one clear line on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from scheduler.config import Settings, load_settings
+from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
+
+__all__ = ["ConfigOption", "err_console", "exits_cleanly", "settings_from"]
+
+err_console = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="config.toml to use (else $REMIND_CONFIG, ./config.toml, /etc/remind/config.toml).",
+        show_default=False,
+    ),
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Exit codes: 0 ok, 1 done with rejected input, 2 invalid config/policy/usage, 3 store problem.
+EXIT_INVALID = 2
+EXIT_STORE = 3
+
+
+def settings_from(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def exits_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn remind's own errors into one readable line on stderr and a documented exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except PolicyError as exc:
+            err_console.print(f"[bold red]policy invalid[/] ({len(exc.problems)} problems):")
+            for problem in exc.problems:
+                err_console.print(f"  {problem}", markup=False)
+            raise typer.Exit(EXIT_INVALID) from exc
+        except ConfigError as exc:
+            err_console.print(f"[bold red]config error:[/] {exc}")
+            raise typer.Exit(EXIT_INVALID) from exc
+        except StoreError as exc:
+            err_console.print(f"[bold red]store error:[/] {exc}")
+            raise typer.Exit(EXIT_STORE) from exc
+        except RemindError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+
+    return wrapper

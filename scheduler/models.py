@@ -1,0 +1,303 @@
+"""Frozen value types shared by the store, the policies and the planner.
+
+SQL rows never leave the store: it maps them to these types at its edge, so the policy rules
+and the planner can be exercised with plain values, no session and no clock.
+All ``datetime`` values are timezone-aware; stored ones are UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+__all__ = [
+    "CHANNEL_FLAGS",
+    "HOLD_FLAGS",
+    "Account",
+    "AccountHistory",
+    "AccountStatus",
+    "Channel",
+    "Decision",
+    "Flag",
+    "Horizon",
+    "Outcome",
+    "PastContact",
+    "Plan",
+    "PlannedContact",
+    "Promise",
+    "PromiseStatus",
+    "Reason",
+    "SuppressedContact",
+    "Verdict",
+    "contact_id",
+]
+
+
+class Channel(StrEnum):
+    SMS = "sms"
+    EMAIL = "email"
+    CALL = "call"
+    LETTER = "letter"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+    HANDED_OVER = "handed_over"
+
+
+class Flag(StrEnum):
+    """Flags an account can carry; imported in the ``flags`` column or set by case work."""
+
+    DISPUTE = "dispute"
+    CEASE = "cease"
+    COMPLAINT = "complaint"
+    LEGAL_HOLD = "legal_hold"
+    DECEASED = "deceased"
+    BANKRUPT = "bankrupt"
+    NO_SMS = "no_sms"
+    NO_EMAIL = "no_email"
+    NO_CALL = "no_call"
+
+
+#: Flags that hold every automated contact with the account.
+HOLD_FLAGS: frozenset[Flag] = frozenset(
+    {Flag.DISPUTE, Flag.CEASE, Flag.COMPLAINT, Flag.LEGAL_HOLD, Flag.DECEASED, Flag.BANKRUPT}
+)
+#: Flags that hold one channel only.
+CHANNEL_FLAGS: dict[Channel, Flag] = {
+    Channel.SMS: Flag.NO_SMS,
+    Channel.EMAIL: Flag.NO_EMAIL,
+    Channel.CALL: Flag.NO_CALL,
+}
+
+
+class Outcome(StrEnum):
+    """What happened when a contact was performed (dispatcher receipts and agents' results)."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    VOICEMAIL = "voicemail"
+    WRONG_NUMBER = "wrong_number"
+    CONVERSATION = "conversation"
+    PROMISE = "promise"
+    REFUSED = "refused"
+    DISPUTE = "dispute"
+    CEASE_REQUEST = "cease_request"
+    COMPLAINT = "complaint"
+    THIRD_PARTY_REACHED = "third_party_reached"
+    THIRD_PARTY_OBJECTED = "third_party_objected"
+
+    @property
+    def reached_borrower(self) -> bool:
+        """True when the borrower was spoken to (a right-party contact, a completed conversation)."""
+        return self in _CONVERSATIONS
+
+
+_CONVERSATIONS = frozenset(
+    {
+        Outcome.CONVERSATION,
+        Outcome.PROMISE,
+        Outcome.REFUSED,
+        Outcome.DISPUTE,
+        Outcome.CEASE_REQUEST,
+        Outcome.COMPLAINT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One debt owned by one borrower, as imported; ``flags`` are those in force now.
+
+    ``timezones`` holds one IANA zone, or several when the borrower's number spans several
+    (then a time is allowed only if it is allowed in every one); the first is the zone whose
+    calendar day defines the borrower's "day" and DPD.
+    """
+
+    account_id: str
+    due_date: date
+    amount_due: Decimal
+    amount_paid: Decimal = Decimal(0)
+    timezones: tuple[str, ...] = ("UTC",)
+    country: str = ""
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    language: str = "en"
+    product: str = ""
+    currency: str = ""
+    status: AccountStatus = AccountStatus.ACTIVE
+    flags: frozenset[Flag] = frozenset()
+    emergency_contacts: tuple[str, ...] = ()
+    phone_valid: bool = True
+
+    @property
+    def zone(self) -> str:
+        return self.timezones[0]
+
+    @property
+    def balance(self) -> Decimal:
+        return max(self.amount_due - self.amount_paid, Decimal(0))
+
+    @property
+    def paid_in_full(self) -> bool:
+        return self.amount_paid >= self.amount_due
+
+
+@dataclass(frozen=True, slots=True)
+class PastContact:
+    """A contact already performed (or attempted) for an account; counts toward caps.
+
+    ``target`` is ``"borrower"`` or the E.164 number of an emergency contact.
+    """
+
+    account_id: str
+    channel: Channel
+    rule: str
+    at: datetime
+    outcome: Outcome = Outcome.SENT
+    target: str = "borrower"
+    due_date: date | None = None
+
+
+class PromiseStatus(StrEnum):
+    PENDING = "pending"
+    KEPT = "kept"
+    BROKEN = "broken"
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    account_id: str
+    amount: Decimal
+    promised_date: date
+    status: PromiseStatus = PromiseStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHistory:
+    """What the store knows happened to one account: performed contacts and promises."""
+
+    contacts: tuple[PastContact, ...] = ()
+    promises: tuple[Promise, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """Calendar days to plan, each read in the borrower's own zone: ``first_day`` and on."""
+
+    first_day: date
+    days: int = 1
+
+    @property
+    def last_day(self) -> date:
+        return self.first_day + timedelta(days=self.days - 1)
+
+    def __contains__(self, day: object) -> bool:
+        return isinstance(day, date) and self.first_day <= day <= self.last_day
+
+
+class Reason(StrEnum):
+    """Why a contact was not planned (or not sent). The sentence is in ``REASON_TEXT``."""
+
+    PAID = "paid"
+    CLOSED = "closed"
+    HANDED_OVER = "handed_over"
+    PROMISE_PENDING = "promise_pending"
+    DISPUTE = "dispute"
+    CEASE = "cease"
+    COMPLAINT = "complaint"
+    LEGAL_HOLD = "legal_hold"
+    DECEASED = "deceased"
+    BANKRUPT = "bankrupt"
+    NO_SMS = "no_sms"
+    NO_EMAIL = "no_email"
+    NO_CALL = "no_call"
+    MISSING_PHONE = "missing_phone"
+    INVALID_PHONE = "invalid_phone"
+    MISSING_EMAIL = "missing_email"
+    NO_ALLOWED_TIME = "no_allowed_time"
+    WINDOW_PASSED = "window_passed"
+    ALREADY_DONE = "already_done"
+    BORROWER_RECENTLY_REACHED = "borrower_recently_reached"
+    CAP_DAILY = "cap_daily"
+    CAP_CALLS_7D = "cap_calls_7d"
+    CAP_CONVERSATION_COOLDOWN = "cap_conversation_cooldown"
+    CAP_CONNECTED_CALLS = "cap_connected_calls"
+    CAP_MIN_GAP = "cap_min_gap"
+    CAP_THIRD_PARTY = "cap_third_party"
+
+
+class Verdict(StrEnum):
+    FIRED = "fired"
+    MOVED = "moved"
+    DROPPED = "dropped"
+    NOT_DUE = "not_due"
+
+
+def contact_id(account_id: str, rule: str, due_date: date, step: int, target: str) -> str:
+    """The stable id of a contact: the same account, rule, due date, step and target give the
+    same id on every host and every run. It is the provider's idempotency key."""
+    raw = f"{account_id}\x1f{rule}\x1f{due_date.isoformat()}\x1f{step}\x1f{target}"
+    return "c" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedContact:
+    """A contact the plan asks for. Windows are aware, in the borrower's (first) zone;
+    the contact may be made at any time in ``[window_start, window_end)``."""
+
+    contact_id: str
+    account_id: str
+    channel: Channel
+    rule: str
+    target: str
+    due_date: date
+    step: int
+    window_start: datetime
+    window_end: datetime
+    template: str
+    priority: int
+    sla_risk: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedContact:
+    """A contact a rule asked for that will not be made, with the reason and a sentence."""
+
+    account_id: str
+    channel: Channel
+    rule: str
+    target: str
+    window_start: datetime
+    window_end: datetime
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One line of ``remind explain``: a rule considered for an account and what became of it."""
+
+    rule: str
+    channel: Channel
+    target: str
+    verdict: Verdict
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's answer: contacts to make, contacts held back, accounts to hand over."""
+
+    planned: tuple[PlannedContact, ...] = ()
+    suppressed: tuple[SuppressedContact, ...] = ()
+    handover: tuple[str, ...] = ()
+    decisions: dict[str, tuple[Decision, ...]] = field(default_factory=dict)
