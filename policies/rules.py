@@ -1,0 +1,254 @@
+"""The pure policy rules: holds (suppressions) and frequency caps.
+
+Precedence, written down once (the planner applies it in this order):
+
+1. **Account holds** win over everything: closed or handed over, paid in full, a hold flag
+   (dispute, cease, complaint, legal hold, deceased, bankrupt), a pending promise to pay.
+2. **Channel holds**: ``no_sms``/``no_email``/``no_call``, a missing or invalid phone or email.
+3. **Rule conditions**: a fallback whose first contact reached the borrower; an emergency
+   contact while the borrower was reached recently.
+4. **Time**: quiet hours, weekends and holidays move a contact to the next allowed time
+   inside its rule's window, or drop it (``no_allowed_time``). The first-24h contact is
+   moved to the first allowed time even past its window and flagged ``sla_risk``.
+5. **Caps**, counted from stored history plus what is already planned, contacts taken in
+   priority order (first-24h first): a contact that would break a cap is moved later in its
+   window if that satisfies the cap, else dropped.
+
+Letters are tasks for the mail room, not real-time contact: they obey holds but not quiet
+hours or caps. Contacts with emergency contacts count toward the account's daily cap and
+gaps but not toward the borrower's call caps; they have their own once-per-N-days cap.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from policies.hours import Span
+from policies.schema import Caps, Rule, Suppressions, Target
+from scheduler.models import (
+    CHANNEL_FLAGS,
+    Account,
+    AccountHistory,
+    AccountStatus,
+    Channel,
+    Flag,
+    PastContact,
+    PromiseStatus,
+    Reason,
+)
+
+__all__ = ["Booking", "CapLedger", "Hold", "account_hold", "channel_hold", "condition_hold"]
+
+_HOLD_ORDER = (
+    Flag.DECEASED,
+    Flag.BANKRUPT,
+    Flag.LEGAL_HOLD,
+    Flag.CEASE,
+    Flag.DISPUTE,
+    Flag.COMPLAINT,
+)
+_FLAG_TEXT = {
+    Flag.DECEASED: "the borrower is recorded as deceased",
+    Flag.BANKRUPT: "the borrower is in bankruptcy",
+    Flag.LEGAL_HOLD: "the account is on legal hold",
+    Flag.CEASE: "the borrower asked us to stop contact",
+    Flag.DISPUTE: "the borrower disputes the debt",
+    Flag.COMPLAINT: "a complaint is open",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a contact will not be made: a reason code and a sentence for people."""
+
+    reason: Reason
+    sentence: str
+
+
+def account_hold(
+    account: Account, history: AccountHistory, rules: Suppressions, day: date
+) -> Hold | None:
+    """The hold on every contact with ``account`` on borrower-local ``day``, if any."""
+    if account.status is AccountStatus.CLOSED:
+        return Hold(Reason.CLOSED, "the account is closed")
+    if account.status is AccountStatus.HANDED_OVER:
+        return Hold(Reason.HANDED_OVER, "the account was handed over to an agency")
+    if account.paid_in_full:
+        paid = f"{account.amount_paid} of {account.amount_due} {account.currency}".rstrip()
+        return Hold(Reason.PAID, f"paid in full ({paid})")
+    for flag in _HOLD_ORDER:
+        if flag in account.flags:
+            return Hold(Reason(flag.value), _FLAG_TEXT[flag])
+    grace = timedelta(days=rules.promise_grace_days)
+    for promise in history.promises:
+        if promise.status is PromiseStatus.PENDING and day <= promise.promised_date + grace:
+            return Hold(
+                Reason.PROMISE_PENDING,
+                f"promise to pay {promise.amount} by {promise.promised_date} is pending "
+                f"(held until {promise.promised_date + grace})",
+            )
+    return None
+
+
+def channel_hold(account: Account, channel: Channel, target: Target) -> Hold | None:
+    """The hold on ``channel`` for ``account`` (opt-outs, missing or invalid address)."""
+    flag = CHANNEL_FLAGS.get(channel)
+    if flag is not None and flag in account.flags:
+        return Hold(Reason(flag.value), f"the borrower opted out of {channel.value}")
+    if target is Target.EMERGENCY_CONTACTS or channel is Channel.LETTER:
+        return None
+    if channel in (Channel.SMS, Channel.CALL):
+        if not account.phone:
+            return Hold(Reason.MISSING_PHONE, "no phone number on file")
+        if not account.phone_valid:
+            return Hold(Reason.INVALID_PHONE, "the phone number is marked invalid")
+    if channel is Channel.EMAIL and not account.email:
+        return Hold(Reason.MISSING_EMAIL, "no email address on file")
+    return None
+
+
+def condition_hold(
+    rule: Rule, account: Account, history: AccountHistory, day_start: datetime
+) -> Hold | None:
+    """The hold from the rule's own conditions (fallbacks, unreached-days), if any."""
+    if rule.fallback_for is not None:
+        for past in history.contacts:
+            if (
+                past.rule == rule.fallback_for
+                and past.due_date == account.due_date
+                and past.outcome.reached_borrower
+            ):
+                return Hold(
+                    Reason.BORROWER_RECENTLY_REACHED,
+                    f"{rule.fallback_for} reached the borrower; no fallback needed",
+                )
+    if rule.unreached_days:
+        since = day_start - timedelta(days=rule.unreached_days)
+        for past in history.contacts:
+            if past.target == "borrower" and past.outcome.reached_borrower and past.at >= since:
+                return Hold(
+                    Reason.BORROWER_RECENTLY_REACHED,
+                    f"the borrower was reached on {past.at:%Y-%m-%d}, within "
+                    f"{rule.unreached_days} days",
+                )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """A contact counted by the caps: when it starts and ends, on which channel, to whom."""
+
+    start: datetime
+    end: datetime
+    channel: Channel
+    target: str
+    reached: bool = False
+
+
+class CapLedger:
+    """The frequency caps of one account, from its stored history plus what is planned.
+
+    ``fit(...)`` finds the earliest start inside ``spans`` that breaks no cap, or says which
+    cap is in the way; ``book(...)`` records an accepted contact so later ones count it.
+    Letters never reach the ledger (they are not capped).
+    """
+
+    def __init__(self, caps: Caps, zone: str, history: Iterable[PastContact]) -> None:
+        self._caps = caps
+        self._zone = ZoneInfo(zone)
+        self._gap = timedelta(minutes=caps.min_gap_minutes)
+        self._bookings: list[Booking] = []
+        for past in history:
+            if past.channel is not Channel.LETTER:
+                reached = past.channel is Channel.CALL and past.outcome.reached_borrower
+                self._insert(Booking(past.at, past.at, past.channel, past.target, reached))
+
+    def _insert(self, booking: Booking) -> None:
+        insort(self._bookings, booking, key=lambda b: b.start)
+
+    def book(self, booking: Booking) -> None:
+        self._insert(booking)
+
+    def fit(
+        self, spans: Sequence[Span], channel: Channel, target: str
+    ) -> tuple[datetime, datetime] | Reason:
+        """The earliest ``(start, end)`` inside one of ``spans`` that keeps every cap, or the
+        reason of the cap that leaves no room. ``end`` is clipped so the gap to a later
+        booking holds. Messages occupy an instant; calls occupy their window."""
+        if not spans:
+            raise ValueError("fit needs at least one span")
+        day = spans[0][0].astimezone(self._zone).date()
+        static = self._day_reason(day, channel, target)
+        if static is not None:
+            return static
+        lower = self._lower_bound(spans[0][0], channel, target)
+        blockers = [(b.start - self._gap, b.end + self._gap) for b in self._bookings]
+        last_reason = Reason.CAP_MIN_GAP
+        for start, end in spans:
+            points = sorted(
+                {start, max(start, lower)} | {hi for _, hi in blockers if start <= hi < end}
+            )
+            for t in points:
+                if t < lower or not start <= t < end:
+                    if t < lower:
+                        last_reason = (
+                            Reason.CAP_THIRD_PARTY
+                            if target != "borrower"
+                            else Reason.CAP_CONVERSATION_COOLDOWN
+                        )
+                    continue
+                if any(lo < t < hi for lo, hi in blockers):
+                    continue
+                if channel is Channel.CALL and target == "borrower" and not self._rolling_ok(t):
+                    last_reason = Reason.CAP_CALLS_7D
+                    continue
+                stop = min([end] + [lo for lo, _ in blockers if lo > t])
+                return t, (stop if channel is Channel.CALL else max(stop, t))
+        return last_reason
+
+    def _day_reason(self, day: date, channel: Channel, target: str) -> Reason | None:
+        caps = self._caps
+        today = [b for b in self._bookings if b.start.astimezone(self._zone).date() == day]
+        if caps.contacts_per_day and len(today) >= caps.contacts_per_day:
+            return Reason.CAP_DAILY
+        if channel is Channel.CALL and target == "borrower" and caps.connected_calls_per_day:
+            connected = sum(1 for b in today if b.reached)
+            if connected >= caps.connected_calls_per_day:
+                return Reason.CAP_CONNECTED_CALLS
+        return None
+
+    def _lower_bound(self, earliest: datetime, channel: Channel, target: str) -> datetime:
+        """The earliest start the cool-down and third-party caps allow (at least ``earliest``)."""
+        bound = earliest
+        caps = self._caps
+        for b in self._bookings:
+            if target == "borrower" and channel is Channel.CALL and b.reached:
+                bound = max(bound, b.start + timedelta(days=caps.conversation_cooldown_days))
+            if target != "borrower" and b.target == target and caps.third_party_every_days:
+                bound = max(bound, b.start + timedelta(days=caps.third_party_every_days))
+        return bound
+
+    def _rolling_ok(self, t: datetime) -> bool:
+        cap = self._caps.call_attempts_per_7_days
+        if not cap:
+            return True
+        week = timedelta(days=7)
+        calls = sorted(
+            [
+                b.start
+                for b in self._bookings
+                if b.channel is Channel.CALL and b.target == "borrower"
+            ]
+            + [t]
+        )
+        lo = 0
+        for hi, end in enumerate(calls):  # every window (end - 7 days, end]
+            while calls[lo] <= end - week:
+                lo += 1
+            if hi - lo + 1 > cap:
+                return False
+        return True

@@ -1,0 +1,418 @@
+"""The pure planner: ``now`` + accounts + history + policies + horizon -> ``Plan``.
+
+No I/O, no clock: everything it needs is an argument, so the same inputs always give the
+same plan. The precedence of holds, time rules and caps is written down once, in
+``policies.rules``; this module applies it day by day, account by account:
+
+1. collect the rules that ask for a contact on the borrower-local day (plus first-24h
+   contacts of earlier days that could not be made then and move into this day);
+2. hold them (account, channel, rule conditions), each with a reason and a sentence;
+3. place the rest in time: the rule's window intersected with allowed hours, from ``now``;
+4. take them in priority order through the account's cap ledger (stored history plus what
+   this plan already booked), moving a contact later in its window or dropping it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from policies.hours import AllowedHours, Span, intersect, to_utc
+from policies.loader import PolicySet
+from policies.rules import Booking, CapLedger, Hold, account_hold, channel_hold, condition_hold
+from policies.schema import PolicyFile, Rule, Target
+from scheduler.models import (
+    Account,
+    AccountHistory,
+    Channel,
+    Decision,
+    Horizon,
+    Plan,
+    PlannedContact,
+    Reason,
+    SuppressedContact,
+    Verdict,
+    contact_id,
+)
+
+__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account"]
+
+#: How many days past its nominal day a first-24h contact is searched for an allowed time
+#: (a CN National Day week of holidays plus a weekend fits).
+FIRST_CONTACT_SEARCH_DAYS = 14
+_NO_HISTORY = AccountHistory()
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A rule's request for one contact on one nominal day, before holds and caps."""
+
+    rule: Rule
+    target: str
+    nominal_day: date
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    candidate: _Candidate
+    spans: tuple[Span, ...]
+    sla_risk: bool
+    moved: str
+
+
+def plan(
+    now: datetime,
+    accounts: Iterable[Account],
+    history: Mapping[str, AccountHistory],
+    policies: PolicySet,
+    horizon: Horizon,
+    *,
+    explain: bool = False,
+) -> Plan:
+    """Plan every account over ``horizon`` (borrower-local days).
+
+    ``history`` maps account ids to what already happened (accounts absent have none).
+    Returns planned and suppressed contacts sorted by window start then account, the
+    accounts due for hand-over, and (with ``explain``) every rule's decision per account.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    planned: list[PlannedContact] = []
+    suppressed: list[SuppressedContact] = []
+    handover: list[str] = []
+    decisions: dict[str, tuple[Decision, ...]] = {}
+    for account in accounts:
+        result = plan_account(
+            now,
+            account,
+            history.get(account.account_id, _NO_HISTORY),
+            policies,
+            horizon,
+            explain=explain,
+        )
+        planned.extend(result.planned)
+        suppressed.extend(result.suppressed)
+        handover.extend(result.handover)
+        decisions.update(result.decisions)
+    planned.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
+    suppressed.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
+    return Plan(tuple(planned), tuple(suppressed), tuple(handover), decisions)
+
+
+def plan_account(
+    now: datetime,
+    account: Account,
+    history: AccountHistory,
+    policies: PolicySet,
+    horizon: Horizon,
+    *,
+    explain: bool = False,
+) -> Plan:
+    """Plan one account over ``horizon``; see ``plan``."""
+    policy = policies.for_product(account.product)
+    day_planner = _AccountDays(now, account, history, policy, policies.hours(policy), explain)
+    for offset in range(horizon.days):
+        day_planner.plan_day(horizon.first_day + timedelta(days=offset))
+    return day_planner.result()
+
+
+class _AccountDays:
+    """Plans the days of one account in order, so each day's caps count the days before."""
+
+    def __init__(
+        self,
+        now: datetime,
+        account: Account,
+        history: AccountHistory,
+        policy: PolicyFile,
+        hours: AllowedHours,
+        explain: bool,
+    ) -> None:
+        self.now = now
+        self.account = account
+        self.history = history
+        self.policy = policy
+        self.hours = hours
+        self.explain = explain
+        self.zone = ZoneInfo(account.zone)
+        self.ledger: CapLedger | None = None
+        self.planned: list[PlannedContact] = []
+        self.suppressed: list[SuppressedContact] = []
+        self.handover = False
+        self.decisions: list[Decision] = []
+        self._done = {(p.rule, p.due_date, p.target) for p in history.contacts}
+
+    def result(self) -> Plan:
+        decisions = {self.account.account_id: tuple(self.decisions)} if self.explain else {}
+        handover = (self.account.account_id,) if self.handover else ()
+        return Plan(tuple(self.planned), tuple(self.suppressed), handover, decisions)
+
+    # -- one day ---------------------------------------------------------------------------
+
+    def plan_day(self, day: date) -> None:
+        dpd = (day - self.account.due_date).days
+        if dpd >= self.policy.handover.min_dpd:
+            self.handover = True
+            if self.explain:
+                self._note_all(
+                    day,
+                    dpd,
+                    Verdict.DROPPED,
+                    f"DPD {dpd} is past the hand-over line "
+                    f"(DPD {self.policy.handover.min_dpd}): no automated contact",
+                )
+            return
+        candidates = list(self._candidates(day, dpd))
+        if self.explain:
+            self._note_not_due(day, dpd, candidates)
+        if not candidates:
+            return
+        hold = account_hold(self.account, self.history, self.policy.suppressions, day)
+        placed: list[_Placed] = []
+        for candidate in candidates:
+            outcome = self._hold_or_place(candidate, day, hold)
+            if isinstance(outcome, Hold):
+                self._suppress(candidate, outcome)
+            elif outcome is not None:
+                placed.append(outcome)
+        placed.sort(key=lambda p: (-p.candidate.rule.priority, p.spans[0][0], p.candidate.rule.id))
+        for item in placed:
+            self._book(item)
+
+    def _candidates(self, day: date, dpd: int) -> Iterator[_Candidate]:
+        for rule in self.policy.rule:
+            if rule.fires_on(dpd):
+                yield from self._targets(rule, day, dpd)
+            if rule.first_contact:  # an earlier day's first contact that could not be made
+                for back in range(1, FIRST_CONTACT_SEARCH_DAYS + 1):
+                    if rule.fires_on(dpd - back):
+                        for c in self._targets(rule, day - timedelta(days=back), dpd - back):
+                            if (rule.id, self.account.due_date, c.target) not in self._done:
+                                yield c
+
+    def _targets(self, rule: Rule, day: date, dpd: int) -> Iterator[_Candidate]:
+        if rule.target is Target.EMERGENCY_CONTACTS:
+            for number in self.account.emergency_contacts:
+                yield _Candidate(rule, number, day, dpd)
+        else:
+            yield _Candidate(rule, "borrower", day, dpd)
+
+    def _hold_or_place(self, c: _Candidate, day: date, hold: Hold | None) -> Hold | _Placed | None:
+        hold = (
+            hold
+            or channel_hold(self.account, c.rule.channel, c.rule.target)
+            or condition_hold(
+                c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone)
+            )
+        )
+        if hold is not None:
+            return hold if c.nominal_day == day else None
+        return self._place(c, day)
+
+    def _place(self, c: _Candidate, day: date) -> Hold | _Placed | None:
+        """Where ``c`` may go on ``day`` by the time rules (None: it belongs to another day)."""
+        rule = c.rule
+        if c.nominal_day != day and self._spans(rule, c.nominal_day, clip_to_now=False):
+            return None  # it had allowed time on its own day; catching up is the daemon's job
+        spans = self._spans(rule, c.nominal_day)
+        if spans:
+            start = spans[0][0]
+            nominal = self._rule_start(rule, day)
+            moved = "" if start <= nominal else self._why_moved(rule, day, nominal)
+            return _Placed(c, spans, sla_risk=False, moved=moved)
+        if not rule.first_contact:
+            return self._no_time(rule, day)
+        return self._place_first_contact(c, day)
+
+    def _place_first_contact(self, c: _Candidate, day: date) -> Hold | _Placed | None:
+        """A first-24h contact with no allowed time on its own day goes at the first allowed
+        time of a later day, flagged ``sla_risk`` when that is 24 hours or more after the
+        account became overdue."""
+        rule = c.rule
+        why = self._why_moved(rule, c.nominal_day, self._rule_start(rule, c.nominal_day))
+        for later in range(1, FIRST_CONTACT_SEARCH_DAYS + 1):
+            target_day = c.nominal_day + timedelta(days=later)
+            if target_day > day and c.nominal_day != day:
+                return None  # it will be planned on a later day
+            spans = self._spans(rule, target_day)
+            if not spans:
+                continue
+            sla_risk = spans[0][0] >= self._sla_deadline()
+            if target_day == day:
+                return _Placed(c, spans, sla_risk, moved=f"moved from {c.nominal_day}: {why}")
+            if c.nominal_day != day:
+                return None  # it was planned on an earlier day
+            first = spans[0][0].astimezone(self.zone)
+            risk = " (SLA risk)" if sla_risk else ""
+            return Hold(
+                Reason.NO_ALLOWED_TIME,
+                f"no allowed time on {c.nominal_day} ({why}); "
+                f"moves to {first:%Y-%m-%d %H:%M}{risk}",
+            )
+        return self._no_time(rule, day) if c.nominal_day == day else None
+
+    def _sla_deadline(self) -> datetime:
+        """24 hours after the account became overdue (00:00 local the day after due)."""
+        overdue_day = self.account.due_date + timedelta(days=1)
+        return to_utc(overdue_day, _MIDNIGHT, self.account.zone) + timedelta(hours=24)
+
+    def _spans(self, rule: Rule, day: date, *, clip_to_now: bool = True) -> tuple[Span, ...]:
+        """Allowed spans of ``rule``'s window on ``day`` (from ``now`` unless told not to)."""
+        zone = self.account.zone
+        start = to_utc(day, rule.at, zone)
+        window = ((max(start, self.now) if clip_to_now else start, to_utc(day, rule.until, zone)),)
+        if window[0][0] >= window[0][1]:
+            return ()
+        if rule.channel is Channel.LETTER:
+            return window
+        allowed = self.hours.spans(day, self.account.timezones, self.account.country, rule.channel)
+        return intersect(window, allowed)
+
+    def _rule_start(self, rule: Rule, day: date) -> datetime:
+        return to_utc(day, rule.at, self.account.zone)
+
+    def _why_moved(self, rule: Rule, day: date, nominal: datetime) -> str:
+        if self.now > nominal:
+            return f"its {rule.at:%H:%M} start had passed"
+        blocked = self.hours.blocked_reason(day, self.account.country, rule.channel)
+        if blocked:
+            return blocked
+        return "quiet hours in a borrower zone (" + ", ".join(self.account.timezones) + ")"
+
+    def _no_time(self, rule: Rule, day: date) -> Hold:
+        if to_utc(day, rule.until, self.account.zone) <= self.now:
+            return Hold(
+                Reason.WINDOW_PASSED, f"its window {rule.at:%H:%M}-{rule.until:%H:%M} has passed"
+            )
+        why = self._why_moved(rule, day, self._rule_start(rule, day))
+        return Hold(
+            Reason.NO_ALLOWED_TIME, f"no allowed time in {rule.at:%H:%M}-{rule.until:%H:%M}: {why}"
+        )
+
+    # -- caps and results -----------------------------------------------------------------
+
+    def _book(self, item: _Placed) -> None:
+        c = item.candidate
+        if c.rule.channel is Channel.LETTER:
+            self._accept(item, item.spans[0][0], item.spans[0][1])
+            return
+        if self.ledger is None:
+            self.ledger = CapLedger(self.policy.caps, self.account.zone, self.history.contacts)
+        fitted = self.ledger.fit(item.spans, c.rule.channel, c.target)
+        if isinstance(fitted, Reason):
+            self._suppress(c, Hold(fitted, _CAP_TEXT[fitted].format(caps=self.policy.caps)))
+            return
+        start, end = fitted
+        occupied_until = end if c.rule.channel is Channel.CALL else start
+        self.ledger.book(Booking(start, occupied_until, c.rule.channel, c.target))
+        moved = item.moved
+        if not moved and start > item.spans[0][0]:
+            moved = "moved later to keep the caps (gap between contacts)"
+        self._accept(item, start, end, moved)
+
+    def _accept(self, item: _Placed, start: datetime, end: datetime, moved: str = "") -> None:
+        c = item.candidate
+        rule = c.rule
+        moved = moved or item.moved
+        note = moved
+        if rule.fallback_for:
+            note = (
+                note + "; " if note else ""
+            ) + f"only if {rule.fallback_for} did not reach the borrower"
+        self.planned.append(
+            PlannedContact(
+                contact_id=contact_id(
+                    self.account.account_id, rule.id, self.account.due_date, c.step, c.target
+                ),
+                account_id=self.account.account_id,
+                channel=rule.channel,
+                rule=rule.id,
+                target=c.target,
+                due_date=self.account.due_date,
+                step=c.step,
+                window_start=start.astimezone(self.zone),
+                window_end=end.astimezone(self.zone),
+                template=rule.template_name,
+                priority=rule.priority,
+                sla_risk=item.sla_risk,
+                note=note,
+            )
+        )
+        if self.explain:
+            verdict = Verdict.MOVED if moved else Verdict.FIRED
+            local_start, local_end = start.astimezone(self.zone), end.astimezone(self.zone)
+            text = f"planned {local_start:%Y-%m-%d %H:%M}-{local_end:%H:%M}"
+            text += f" ({moved})" if moved else ""
+            text += (
+                "; SLA RISK: first contact later than 24 hours after becoming overdue"
+                if item.sla_risk
+                else ""
+            )
+            self._note(c, verdict, text)
+
+    def _suppress(self, c: _Candidate, hold: Hold) -> None:
+        zone = self.account.zone
+        self.suppressed.append(
+            SuppressedContact(
+                account_id=self.account.account_id,
+                channel=c.rule.channel,
+                rule=c.rule.id,
+                target=c.target,
+                window_start=to_utc(c.nominal_day, c.rule.at, zone).astimezone(self.zone),
+                window_end=to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),
+                reason=hold.reason,
+                detail=hold.sentence,
+            )
+        )
+        if self.explain:
+            self._note(c, Verdict.DROPPED, f"{hold.reason.value}: {hold.sentence}")
+
+    # -- explain --------------------------------------------------------------------------
+
+    def _note(self, c: _Candidate, verdict: Verdict, sentence: str) -> None:
+        self.decisions.append(
+            Decision(c.rule.id, c.rule.channel, _mask_target(c.target), verdict, sentence)
+        )
+
+    def _note_not_due(self, day: date, dpd: int, candidates: list[_Candidate]) -> None:
+        asked = {c.rule.id for c in candidates}
+        for rule in self.policy.rule:
+            if rule.id in asked:
+                continue
+            if not rule.enabled:
+                text = "disabled in the policy"
+            elif rule.dpd is not None:
+                text = f"fires on DPD {rule.dpd}; {day} is DPD {dpd}"
+            else:
+                text = (
+                    f"fires on DPD {rule.dpd_from}-{rule.dpd_to} every {rule.every_days} day(s) "
+                    f"from {rule.dpd_from}; {day} is DPD {dpd}"
+                )
+            self.decisions.append(
+                Decision(rule.id, rule.channel, rule.target.value, Verdict.NOT_DUE, text)
+            )
+
+    def _note_all(self, day: date, dpd: int, verdict: Verdict, text: str) -> None:
+        for rule in self.policy.rule:
+            self.decisions.append(Decision(rule.id, rule.channel, rule.target.value, verdict, text))
+
+
+def _mask_target(target: str) -> str:
+    return target if target == "borrower" else f"emergency contact ...{target[-4:]}"
+
+
+_MIDNIGHT = datetime.min.time()
+_CAP_TEXT = {
+    Reason.CAP_DAILY: "already {caps.contacts_per_day} contacts that day (caps.contacts_per_day)",
+    Reason.CAP_CALLS_7D: "would exceed {caps.call_attempts_per_7_days} call attempts in 7 days",
+    Reason.CAP_CONVERSATION_COOLDOWN: "within {caps.conversation_cooldown_days} days of a "
+    "completed conversation",
+    Reason.CAP_CONNECTED_CALLS: "already {caps.connected_calls_per_day} connected calls that day",
+    Reason.CAP_MIN_GAP: "no time in the window at least {caps.min_gap_minutes} minutes from "
+    "other contacts",
+    Reason.CAP_THIRD_PARTY: "this emergency contact was contacted within "
+    "{caps.third_party_every_days} days",
+}
