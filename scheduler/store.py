@@ -1,0 +1,777 @@
+"""The store: accounts, contacts, promises, case-work flags and the audit log, in SQL.
+
+SQLite (the default, one file) and PostgreSQL (several daemons) run the same code and the
+same Alembic migrations. Rows stay in here: every method takes and returns the frozen value
+types of ``scheduler.models``. Every ``datetime`` passed in must be timezone-aware (a naive
+one raises ``ValueError``); every one returned is aware UTC.
+
+Errors: anything the database or driver raises is mapped to ``StoreError`` (with the driver's
+first line, never the SQL parameters) in ``_db_errors``; an out-of-date schema raises
+``SchemaBehindError`` naming the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from scheduler.config import Settings
+from scheduler.errors import SchemaBehindError, StoreError
+from scheduler.models import (
+    Account,
+    AccountHistory,
+    AccountStatus,
+    Channel,
+    Flag,
+    Outcome,
+    PastContact,
+    Promise,
+    PromiseStatus,
+)
+from scheduler.tables import account_flags, accounts, audit_log, contacts, promises
+
+__all__ = [
+    "AccountImport",
+    "Store",
+    "UpsertCounts",
+    "alembic_config",
+    "head_revision",
+    "open_store",
+]
+
+MIGRATIONS = "scheduler:migrations"
+UPGRADE_COMMAND = "remind db upgrade"
+#: Rows per INSERT ... ON CONFLICT batch, and ids per ``IN (...)`` list.
+UPSERT_BATCH = 5_000
+_IN_CHUNK = 5_000
+_PERFORMED_STATUSES = ("sent", "failed")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    """What an upsert did: rows new to the store, rows changed, rows already identical."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+        )
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic ``Config`` for remind's migrations, bound to ``connection`` if given."""
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The schema revision this code needs (the migrations' single head)."""
+    head = _script().get_current_head()
+    if head is None:  # pragma: no cover - the package always ships 0001
+        raise StoreError("no migrations found in the installed package")
+    return head
+
+
+def _known_revision(revision: str) -> bool:
+    try:
+        return _script().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+# --- error mapping and engines ----------------------------------------------------------
+
+
+@contextmanager
+def _db_errors(action: str) -> Iterator[None]:
+    """Map SQLAlchemy/driver/Alembic errors raised inside to ``StoreError("<action>: ...")``."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc)
+        raise StoreError(f"{action}: {first}") from exc
+    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+        raise StoreError(f"{action}: {str(exc).splitlines()[0]}") from exc
+
+
+def _require_aware(value: datetime | None, name: str) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {value!r}")
+
+
+def _make_engine(url: str, schema: str | None) -> Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"invalid store URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend == "postgresql":
+        return _postgres_engine(parsed, schema)
+    raise StoreError(
+        f"unsupported store URL {parsed.drivername!r}: use sqlite:///FILE "
+        "or postgresql+psycopg://user@host/db"
+    )
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:")
+    if in_memory:
+        engine = sa.create_engine(
+            url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for {database}: {exc}") from exc
+        engine = sa.create_engine(url)
+    _sqlite_pragmas(engine, wal=not in_memory)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+    """Foreign keys on, WAL, a busy timeout, and real transactions (SQLAlchemy's pysqlite
+    recipe: the driver's own implicit BEGIN is turned off and we emit BEGIN ourselves)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 10000")
+        if wal:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _postgres_engine(url: sa.URL, schema: str | None) -> Engine:
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        if not _IDENTIFIER.fullmatch(schema):
+            raise StoreError(f"invalid PostgreSQL schema name {schema!r}")
+        connect_args["options"] = f"-csearch_path={schema}"
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+# --- row <-> value mapping ----------------------------------------------------------------
+
+_ACCOUNT_COLUMNS = tuple(
+    accounts.c[name]
+    for name in (
+        "account_id", "due_date", "amount_due", "amount_paid", "timezones", "country", "name",
+        "phone", "email", "language", "product", "currency", "status", "flags",
+        "emergency_contacts", "phone_valid",
+    )
+)  # fmt: skip
+_STATUSES = {s.value: s for s in AccountStatus}
+
+
+@cache
+def _split_zones(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+@cache
+def _split_flags(text: str) -> frozenset[Flag]:
+    try:
+        return frozenset(Flag(f) for f in text.split(";") if f)
+    except ValueError as exc:
+        raise StoreError(f"the store holds an unknown account flag: {exc}") from exc
+
+
+def _account(row: sa.Row[Any], extra_flags: frozenset[Flag] | None) -> Account:
+    flags = _split_flags(row.flags)
+    if extra_flags:
+        flags = flags | extra_flags
+    return Account(
+        account_id=row.account_id,
+        due_date=row.due_date,
+        amount_due=row.amount_due,
+        amount_paid=row.amount_paid,
+        timezones=_split_zones(row.timezones),
+        country=row.country,
+        name=row.name,
+        phone=row.phone,
+        email=row.email,
+        language=row.language,
+        product=row.product,
+        currency=row.currency,
+        status=_STATUSES[row.status],
+        flags=flags,
+        emergency_contacts=tuple(row.emergency_contacts.split(";"))
+        if row.emergency_contacts
+        else (),
+        phone_valid=row.phone_valid,
+    )
+
+
+def _account_params(account: Account, now: datetime) -> dict[str, Any]:
+    return {
+        "account_id": account.account_id,
+        "name": account.name,
+        "phone": account.phone,
+        "email": account.email,
+        "timezones": " ".join(account.timezones),
+        "country": account.country,
+        "language": account.language,
+        "product": account.product,
+        "due_date": account.due_date,
+        "amount_due": account.amount_due,
+        "amount_paid": account.amount_paid,
+        "currency": account.currency,
+        "status": account.status.value,
+        "flags": ";".join(sorted(account.flags)),
+        "emergency_contacts": ";".join(account.emergency_contacts),
+        "phone_valid": account.phone_valid,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _past_contact(row: sa.Row[Any]) -> PastContact:
+    if row.outcome is not None:
+        outcome = Outcome(row.outcome)
+    else:
+        outcome = Outcome.FAILED if row.status == "failed" else Outcome.SENT
+    return PastContact(
+        account_id=row.account_id,
+        channel=Channel(row.channel),
+        rule=row.rule,
+        at=row.performed_at,
+        outcome=outcome,
+        target=row.target,
+        due_date=row.due_date,
+    )
+
+
+def _chunks(ids: Collection[str]) -> Iterator[list[str]]:
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), _IN_CHUNK):
+        yield ordered[start : start + _IN_CHUNK]
+
+
+def _flags_active_at(now: datetime) -> sa.ColumnElement[bool]:
+    f = account_flags.c
+    return sa.and_(f.since <= now, sa.or_(f.until.is_(None), f.until > now))
+
+
+# --- upsert -------------------------------------------------------------------------------
+
+#: Columns an import may change. ``phone_valid`` is the store's own knowledge (a wrong
+#: number found by a call): an import keeps it, unless the phone number itself changed.
+_IMPORTED = tuple(
+    c.name
+    for c in accounts.columns
+    if c.name not in ("account_id", "phone_valid", "created_at", "updated_at")
+)
+
+
+def _upsert_statement(dialect: str) -> sa.Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(accounts)
+    new = stmt.excluded
+    values: dict[str, Any] = {name: new[name] for name in _IMPORTED}
+    # Hand-over is decided here, not by the lender's file: "active" does not undo it.
+    values["status"] = sa.case(
+        (sa.and_(accounts.c.status == "handed_over", new.status == "active"), "handed_over"),
+        else_=new.status,
+    )
+    values["phone_valid"] = sa.case(
+        (accounts.c.phone.is_distinct_from(new.phone), new.phone_valid),
+        else_=accounts.c.phone_valid,
+    )
+    changed = sa.or_(*(accounts.c[name].is_distinct_from(values[name]) for name in _IMPORTED))
+    values["updated_at"] = new.updated_at
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[accounts.c.account_id], set_=values, where=changed
+    )
+    return upsert.returning(accounts.c.account_id)
+
+
+class AccountImport:
+    """Upserts accounts inside one open transaction (see ``Store.importing``).
+
+    ``add`` may be called any number of times; rows are applied in order, exactly as if each
+    were upserted alone (an id seen twice is inserted, then updated). Nothing is visible to
+    other connections until the ``Store.importing`` block ends without ``rollback()``.
+    """
+
+    def __init__(self, conn: Connection, now: datetime, batch_size: int) -> None:
+        self._conn = conn
+        self._now = now
+        self._batch_size = batch_size
+        self._statement = _upsert_statement(conn.dialect.name)
+        self._counts = UpsertCounts()
+        self.rolled_back = False
+
+    @property
+    def counts(self) -> UpsertCounts:
+        """Totals over every ``add`` so far."""
+        return self._counts
+
+    def add(self, batch: Iterable[Account]) -> UpsertCounts:
+        """Upsert ``batch``; return what it did (also added to ``counts``).
+        Raises ``StoreError`` (the transaction is then unusable) or ``ValueError`` for an
+        amount with more than four decimal places."""
+        if self.rolled_back:
+            raise StoreError("this import was rolled back; start a new one")
+        done = UpsertCounts()
+        pending: dict[str, dict[str, Any]] = {}
+        for account in batch:
+            if account.account_id in pending or len(pending) >= self._batch_size:
+                done += self._flush(pending)
+                pending = {}
+            pending[account.account_id] = _account_params(account, self._now)
+        if pending:
+            done += self._flush(pending)
+        self._counts += done
+        return done
+
+    def rollback(self) -> None:
+        """Undo every ``add`` of this import; the ``importing`` block then ends quietly."""
+        self.rolled_back = True
+
+    def _flush(self, pending: dict[str, dict[str, Any]]) -> UpsertCounts:
+        ids = list(pending)
+        with _db_errors("cannot import accounts"):
+            existing = set(
+                self._conn.scalars(
+                    sa.select(accounts.c.account_id).where(accounts.c.account_id.in_(ids))
+                )
+            )
+            changed = set(self._conn.scalars(self._statement, list(pending.values())))
+        updated = len(changed & existing)
+        return UpsertCounts(
+            inserted=len(changed) - updated, updated=updated, unchanged=len(ids) - len(changed)
+        )
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class Store:
+    """remind's tables behind a small API of value types. Not thread-safe to share a single
+    iteration of ``candidate_accounts``; otherwise each call uses its own connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Wrap an engine; use ``Store.open`` instead, which also checks the schema."""
+        self._engine = engine
+
+    # -- lifecycle --
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        schema: str | None = None,
+        check_schema: bool = True,
+        upgrade_command: str = UPGRADE_COMMAND,
+    ) -> Store:
+        """Open the store at ``url`` (``sqlite:///FILE`` or ``postgresql+psycopg://...``).
+
+        ``schema`` sets PostgreSQL's search_path (the URL may say ``?options=-csearch_path=X``
+        instead). With ``check_schema`` (the default) the schema must be at the migrations'
+        head: a new or empty SQLite file is created and migrated on the spot; otherwise a
+        store behind head raises ``SchemaBehindError`` whose message names the current and
+        required revisions and ``upgrade_command``. Raises ``StoreError`` when the database
+        cannot be reached or read, holds unrelated tables, or is newer than this code.
+        """
+        store = cls(_make_engine(url, schema))
+        try:
+            if check_schema:
+                store._ensure_schema(upgrade_command)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Release every connection. The store must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for migrations, tests and tools; queries belong here."""
+        return self._engine
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    # -- schema --
+
+    def current_revision(self) -> str | None:
+        """The schema revision in force, or ``None`` (empty database, or migrated to base)."""
+        with _db_errors("cannot read the store's schema revision"), self._engine.connect() as c:
+            return MigrationContext.configure(c).get_current_revision()
+
+    def upgrade(self) -> str:
+        """Migrate the schema to head (``alembic upgrade head``) in one transaction; return
+        the revision now in force. Creates the PostgreSQL schema named by ``schema=`` if
+        missing. Raises ``StoreError`` if a migration fails (nothing is then changed)."""
+        with _db_errors("cannot upgrade the store schema"), self._engine.begin() as conn:
+            self._create_pg_schema(conn)
+            command.upgrade(alembic_config(conn), "head")
+        return self.current_revision() or "base"
+
+    def _create_pg_schema(self, conn: Connection) -> None:
+        if conn.dialect.name != "postgresql":
+            return
+        if conn.scalar(sa.text("SELECT current_schema()")) is not None:
+            return
+        path = str(conn.scalar(sa.text("SHOW search_path")))
+        first = path.split(",")[0].strip().strip('"')
+        if not _IDENTIFIER.fullmatch(first) or first == "$user":
+            raise StoreError(f"search_path {path!r} names no schema that exists; create it")
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{first}"'))
+
+    def _ensure_schema(self, upgrade_command: str) -> None:
+        head = head_revision()
+        with _db_errors("cannot read the store's schema"), self._engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            inspector = sa.inspect(conn)
+            versioned = inspector.has_table("alembic_version")
+            has_tables = bool(inspector.get_table_names())
+        if current == head:
+            return
+        if current is None and not has_tables and self.backend == "sqlite":
+            self.upgrade()
+            return
+        if current is None and has_tables and not versioned:
+            raise StoreError(
+                "the database holds tables but no alembic_version: it is not a remind store"
+            )
+        if current is not None and not _known_revision(current):
+            raise StoreError(
+                f"the store's schema is at revision {current}, unknown to this remind "
+                f"(it needs {head}): is the store newer than the installed remind?"
+            )
+        raise SchemaBehindError(
+            f"the store's schema is at revision {current or 'none (empty)'}, "
+            f"this remind needs {head}: run `{upgrade_command}`"
+        )
+
+    # -- accounts --
+
+    def candidate_accounts(
+        self,
+        first_day: date,
+        last_day: date,
+        *,
+        days_before_due: int,
+        max_dpd: int,
+        now: datetime,
+        batch_size: int = 10_000,
+    ) -> Iterator[list[Account]]:
+        """Yield, in batches of at most ``batch_size`` ordered by account_id, every account
+        the planner may have to contact for the days ``first_day..last_day``: status active,
+        ``amount_paid < amount_due``, and ``due_date`` within
+        ``[first_day - max_dpd - 1, last_day + days_before_due + 1]`` (one extra day each side
+        for borrowers whose zone is a day off UTC). ``flags`` are the imported flags plus the
+        ``account_flags`` in force at ``now``. Holds one connection (and, on SQLite, one read
+        snapshot) until exhausted or closed. Raises ``StoreError`` while iterating."""
+        _require_aware(now, "now")
+        low = first_day - timedelta(days=max_dpd + 1)
+        high = last_day + timedelta(days=days_before_due + 1)
+        where = sa.and_(
+            accounts.c.status == AccountStatus.ACTIVE.value,
+            accounts.c.due_date.between(low, high),
+            accounts.c.amount_paid < accounts.c.amount_due,
+        )
+        return self._accounts_where(where, now=now, batch_size=batch_size)
+
+    def account(self, account_id: str, *, now: datetime) -> Account | None:
+        """The account with this id in any status, flags merged as in ``candidate_accounts``,
+        or ``None``. Raises ``StoreError``."""
+        _require_aware(now, "now")
+        where = accounts.c.account_id == account_id
+        for batch in self._accounts_where(where, now=now, batch_size=1):
+            return batch[0]
+        return None
+
+    def _accounts_where(
+        self, where: sa.ColumnElement[bool], *, now: datetime, batch_size: int
+    ) -> Iterator[list[Account]]:
+        with _db_errors("cannot read accounts"), self._engine.connect() as conn:
+            extra = self._active_flags(conn, where, now)
+            stmt = sa.select(*_ACCOUNT_COLUMNS).where(where).order_by(accounts.c.account_id)
+            result = conn.execution_options(yield_per=batch_size).execute(stmt)
+            for part in result.partitions():
+                yield [_account(row, extra.get(row.account_id)) for row in part]
+
+    @staticmethod
+    def _active_flags(
+        conn: Connection, where: sa.ColumnElement[bool], now: datetime
+    ) -> dict[str, frozenset[Flag]]:
+        f = account_flags.c
+        stmt = (
+            sa.select(f.account_id, f.flag)
+            .select_from(account_flags.join(accounts, accounts.c.account_id == f.account_id))
+            .where(where, _flags_active_at(now))
+        )
+        found: defaultdict[str, set[str]] = defaultdict(set)
+        for account_id, flag in conn.execute(stmt):
+            found[account_id].add(flag)
+        return {key: _split_flags(";".join(sorted(names))) for key, names in found.items()}
+
+    def upsert_accounts(self, accounts_: Iterable[Account], *, now: datetime) -> UpsertCounts:
+        """Insert or update ``accounts_`` by account_id in one transaction; return the counts.
+
+        A row identical to the stored one is left alone (``updated_at`` too), so importing
+        the same file twice changes nothing. An update never turns ``handed_over`` back into
+        ``active`` and keeps ``phone_valid`` unless the phone number changed. Raises
+        ``StoreError`` (nothing is then written)."""
+        with self.importing(now=now) as imp:
+            imp.add(accounts_)
+        return imp.counts
+
+    @contextmanager
+    def importing(
+        self, *, now: datetime, batch_size: int = UPSERT_BATCH
+    ) -> Iterator[AccountImport]:
+        """One transaction for a streamed import: ``with store.importing(now=...) as imp:``
+        then ``imp.add(batch)`` any number of times. Commits when the block ends, unless
+        ``imp.rollback()`` was called or an exception escapes (then nothing is written)."""
+        _require_aware(now, "now")
+        with _db_errors("cannot import accounts"), self._engine.connect() as conn:
+            transaction = conn.begin()
+            imp = AccountImport(conn, now, batch_size)
+            try:
+                yield imp
+            except BaseException:
+                transaction.rollback()
+                raise
+            if imp.rolled_back:
+                transaction.rollback()
+            else:
+                transaction.commit()
+
+    # -- history --
+
+    def history(
+        self, account_ids: Collection[str] | None, *, since: datetime
+    ) -> dict[str, AccountHistory]:
+        """What happened to these accounts (``None``: every account), keyed by account_id:
+        contacts performed at or after ``since`` (status sent or failed, or carrying an
+        outcome), oldest first, and every pending promise, earliest promised date first.
+        Accounts with neither are absent. Raises ``StoreError``."""
+        _require_aware(since, "since")
+        if account_ids is not None and not account_ids:
+            return {}
+        found_contacts: defaultdict[str, list[PastContact]] = defaultdict(list)
+        found_promises: defaultdict[str, list[Promise]] = defaultdict(list)
+        with _db_errors("cannot read contact history"), self._engine.connect() as conn:
+            for where in self._id_filters(account_ids):
+                for row in conn.execute(self._performed_query(since, where)):
+                    found_contacts[row.account_id].append(_past_contact(row))
+                for row in conn.execute(self._pending_promises_query(where)):
+                    found_promises[row.account_id].append(
+                        Promise(row.account_id, row.amount, row.promised_date)
+                    )
+        return {
+            key: AccountHistory(
+                contacts=tuple(found_contacts.get(key, ())),
+                promises=tuple(found_promises.get(key, ())),
+            )
+            for key in sorted(found_contacts.keys() | found_promises.keys())
+        }
+
+    @staticmethod
+    def _id_filters(account_ids: Collection[str] | None) -> Iterator[list[str] | None]:
+        if account_ids is None:
+            yield None
+        else:
+            yield from _chunks(account_ids)
+
+    @staticmethod
+    def _performed_query(since: datetime, ids: Sequence[str] | None) -> sa.Select[Any]:
+        c = contacts.c
+        stmt = sa.select(
+            c.account_id, c.channel, c.rule, c.performed_at, c.outcome, c.status, c.target,
+            c.due_date,
+        ).where(
+            c.performed_at >= since,
+            sa.or_(c.status.in_(_PERFORMED_STATUSES), c.outcome.is_not(None)),
+        )  # fmt: skip
+        if ids is not None:
+            stmt = stmt.where(c.account_id.in_(ids))
+        return stmt.order_by(c.account_id, c.performed_at, c.contact_id)
+
+    @staticmethod
+    def _pending_promises_query(ids: Sequence[str] | None) -> sa.Select[Any]:
+        p = promises.c
+        stmt = sa.select(p.account_id, p.amount, p.promised_date).where(
+            p.status == PromiseStatus.PENDING.value
+        )
+        if ids is not None:
+            stmt = stmt.where(p.account_id.in_(ids))
+        return stmt.order_by(p.account_id, p.promised_date, p.id)
+
+    # -- writes used by case work, the dispatcher, tests and benches --
+
+    def record_audit(
+        self,
+        kind: str,
+        *,
+        at: datetime,
+        account_id: str | None = None,
+        contact_id: str | None = None,
+        rule: str | None = None,
+        channel: str | None = None,
+        policy_version: str | None = None,
+        detail: Mapping[str, object] | None = None,
+    ) -> None:
+        """Append one event to the audit log (never updated or deleted). ``detail`` is
+        stored as JSON (non-JSON values as their ``str``). Raises ``StoreError``."""
+        _require_aware(at, "at")
+        row = {
+            "at": at,
+            "kind": kind,
+            "account_id": account_id,
+            "contact_id": contact_id,
+            "rule": rule,
+            "channel": channel,
+            "policy_version": policy_version,
+            "detail": json.dumps(dict(detail or {}), sort_keys=True, default=str),
+        }
+        self._insert(audit_log, row, "cannot write the audit log")
+
+    def add_performed_contact(
+        self, contact: PastContact, *, contact_id: str, now: datetime
+    ) -> None:
+        """Record ``contact`` as performed: status ``failed`` if its outcome is FAILED, else
+        ``sent``; ``performed_at = contact.at``. For seeding history (tests, benches, agents'
+        results). Raises ``StoreError`` (unknown account, duplicate contact_id)."""
+        _require_aware(contact.at, "contact.at")
+        _require_aware(now, "now")
+        row = {
+            "contact_id": contact_id,
+            "account_id": contact.account_id,
+            "channel": contact.channel.value,
+            "rule": contact.rule,
+            "target": contact.target,
+            "due_date": contact.due_date,
+            "step": 0,
+            "window_start": contact.at,
+            "window_end": contact.at,
+            "template": "",
+            "priority": 0,
+            "sla_risk": False,
+            "status": "failed" if contact.outcome is Outcome.FAILED else "sent",
+            "outcome": contact.outcome.value,
+            "attempts": 1,
+            "performed_at": contact.at,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self._insert(contacts, row, "cannot record a contact")
+
+    def add_promise(self, promise: Promise, *, now: datetime) -> None:
+        """Record a promise to pay (closed at ``now`` unless pending). Raises ``StoreError``
+        (unknown account, amount with more than four decimal places)."""
+        _require_aware(now, "now")
+        row = {
+            "account_id": promise.account_id,
+            "amount": promise.amount,
+            "promised_date": promise.promised_date,
+            "status": promise.status.value,
+            "created_at": now,
+            "closed_at": None if promise.status is PromiseStatus.PENDING else now,
+        }
+        self._insert(promises, row, "cannot record a promise")
+
+    def add_flag(
+        self,
+        account_id: str,
+        flag: Flag,
+        *,
+        since: datetime,
+        until: datetime | None,
+        source: str,
+        note: str = "",
+    ) -> None:
+        """Put ``flag`` on the account from ``since`` until ``until`` (``None``: until
+        lifted). Raises ``ValueError`` if ``until <= since``; ``StoreError`` for an unknown
+        account or the same (account, flag, since) twice."""
+        _require_aware(since, "since")
+        _require_aware(until, "until")
+        if until is not None and until <= since:
+            raise ValueError("until must be later than since")
+        row = {
+            "account_id": account_id,
+            "flag": Flag(flag).value,
+            "since": since,
+            "until": until,
+            "source": source,
+            "note": note,
+        }
+        self._insert(account_flags, row, "cannot add the flag")
+
+    def _insert(self, table: sa.Table, row: Mapping[str, object], action: str) -> None:
+        with _db_errors(action), self._engine.begin() as conn:
+            conn.execute(table.insert(), dict(row))
+
+
+def open_store(settings: Settings) -> Store:
+    """Open the store ``settings`` names, checking its schema; the upgrade hint names the
+    same config file. Raises ``SchemaBehindError`` or ``StoreError``."""
+    return Store.open(
+        settings.store_url,
+        upgrade_command=f"{UPGRADE_COMMAND} --config {settings.config_path}",
+    )
