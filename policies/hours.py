@@ -107,7 +107,7 @@ class HolidayCalendar:
                     days = {d for d in table if d.year == year}
                     workdays = {d for d in getattr(table, "weekend_workdays", ()) if d.year == year}
             extra = self._overrides.get(country, HolidayOverrides())
-            days = (days | {d for d in extra.add if d.year == year}) - extra.remove
+            days = (days | {d for d in extra.add if d.year == year}) - extra.remove - extra.workdays
             workdays = (workdays | {d for d in extra.workdays if d.year == year}) - days
             self._years[key] = (frozenset(days), frozenset(workdays))
         return self._years[key]

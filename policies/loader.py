@@ -157,11 +157,14 @@ def _parse(path: Path, problems: list[PolicyProblem]) -> _Raw | None:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_LINE.search(str(exc))
+        line = int(match.group(1)) if match else None
+        if line is None and "end of document" in str(exc):
+            line = max(len(text.splitlines()), 1)
         problems.append(
             PolicyProblem(
                 str(path),
                 "",
-                int(match.group(1)) if match else None,
+                line,
                 f"not valid TOML: {exc}",
                 "check quotes, brackets and '=' on that line",
             )
