@@ -144,6 +144,9 @@ class _AccountDays:
         self.handover = False
         self.decisions: list[Decision] = []
         self._done = {(p.rule, p.due_date, p.target) for p in history.contacts}
+        self._done_on = {
+            (p.rule, p.at.astimezone(self.zone).date(), p.target) for p in history.contacts
+        }
 
     def result(self) -> Plan:
         decisions = {self.account.account_id: tuple(self.decisions)} if self.explain else {}
@@ -183,15 +186,24 @@ class _AccountDays:
             self._book(item)
 
     def _candidates(self, day: date, dpd: int) -> Iterator[_Candidate]:
+        """The contacts the rules ask for on ``day``, less those history shows were made."""
         for rule in self.policy.rule:
             if rule.fires_on(dpd):
-                yield from self._targets(rule, day, dpd)
+                yield from self._not_done(self._targets(rule, day, dpd))
             if rule.first_contact:  # an earlier day's first contact that could not be made
                 for back in range(1, FIRST_CONTACT_SEARCH_DAYS + 1):
                     if rule.fires_on(dpd - back):
-                        for c in self._targets(rule, day - timedelta(days=back), dpd - back):
-                            if (rule.id, self.account.due_date, c.target) not in self._done:
-                                yield c
+                        earlier = day - timedelta(days=back)
+                        yield from self._not_done(self._targets(rule, earlier, dpd - back))
+
+    def _not_done(self, candidates: Iterator[_Candidate]) -> Iterator[_Candidate]:
+        for c in candidates:
+            once = c.rule.first_contact and (c.rule.id, self.account.due_date, c.target) in self._done
+            if once or (c.rule.id, c.nominal_day, c.target) in self._done_on:
+                if self.explain:
+                    self._note(c, Verdict.NOT_DUE, "already made (in the contact history)")
+                continue
+            yield c
 
     def _targets(self, rule: Rule, day: date, dpd: int) -> Iterator[_Candidate]:
         if rule.target is Target.EMERGENCY_CONTACTS:
