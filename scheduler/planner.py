@@ -99,7 +99,7 @@ def plan(
         decisions.update(result.decisions)
     planned.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
     suppressed.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
-    return Plan(tuple(planned), tuple(suppressed), tuple(handover), decisions)
+    return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
 
 
 def plan_account(

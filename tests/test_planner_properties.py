@@ -1,0 +1,231 @@
+"""Properties of the planner over random portfolios, zones (DST days included), holidays and
+histories: the promises a lender makes to regulators, checked on every generated case."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.models import (
+    HOLD_FLAGS,
+    Account,
+    AccountHistory,
+    AccountStatus,
+    Channel,
+    Flag,
+    Horizon,
+    Outcome,
+    PastContact,
+    Plan,
+    Promise,
+)
+from scheduler.planner import plan
+from tests.factories import shipped_policies
+
+POLICIES = shipped_policies()
+POLICY = POLICIES.default
+CAPS = POLICY.caps
+GAP = timedelta(minutes=CAPS.min_gap_minutes)
+
+DAYS = [
+    date(2026, 11, 24),
+    date(2026, 3, 8),  # US spring forward
+    date(2026, 11, 1),  # US fall back
+    date(2026, 3, 29),  # EU spring forward
+    date(2026, 10, 25),  # EU fall back
+    date(2026, 10, 4),  # AU spring forward
+    date(2026, 10, 1),  # CN National Day
+    date(2026, 2, 17),  # CN Spring Festival
+    date(2026, 12, 25),  # Christmas (US, GB, AU)
+]
+ZONE_SETS = [
+    (("Asia/Shanghai",), "CN"),
+    (("America/New_York",), "US"),
+    (("America/New_York", "America/Los_Angeles"), "US"),
+    (("America/Chicago", "Pacific/Honolulu"), "US"),
+    (("Europe/London",), "GB"),
+    (("Australia/Sydney", "Australia/Perth"), "AU"),
+    (("Europe/Moscow", "Asia/Vladivostok"), "RU"),
+]
+FLAGS = sorted(Flag, key=str)
+PAST = st.tuples(
+    st.sampled_from(list(Channel)),
+    st.sampled_from(["first_overdue_call", "early_call", "manual"]),
+    st.integers(1, 10 * 24 * 60),
+    st.sampled_from(list(Outcome)),
+    st.sampled_from(["borrower", "borrower", "+8613912345678"]),
+)
+
+
+@st.composite
+def portfolios(draw: st.DrawFn) -> tuple[date, datetime, list[Account], dict[str, AccountHistory]]:
+    day = draw(st.sampled_from(DAYS))
+    # `now` anywhere from two days before the day to the middle of it
+    now = datetime.combine(day, time(0), tzinfo=UTC) + timedelta(
+        minutes=draw(st.integers(-48 * 60, 12 * 60))
+    )
+    accounts: list[Account] = []
+    history: dict[str, AccountHistory] = {}
+    for index in range(draw(st.integers(1, 8))):
+        zones, country = draw(st.sampled_from(ZONE_SETS))
+        amount = Decimal(draw(st.integers(1, 5000)))
+        paid = draw(st.sampled_from([Decimal(0), Decimal(0), Decimal(0), amount / 2, amount]))
+        a = Account(
+            account_id=f"A{index}",
+            due_date=day - timedelta(days=draw(st.integers(-4, 95))),
+            amount_due=amount,
+            amount_paid=paid,
+            timezones=zones,
+            country=country,
+            phone=draw(st.sampled_from(["+8613812345678", "+12015550123", None])),
+            email=draw(st.sampled_from(["x@example.com", None])),
+            status=draw(st.sampled_from([AccountStatus.ACTIVE] * 5 + [AccountStatus.CLOSED])),
+            flags=frozenset(draw(st.lists(st.sampled_from(FLAGS), max_size=2)))
+            if draw(st.booleans()) and draw(st.booleans())
+            else frozenset(),
+            emergency_contacts=("+8613912345678",) if draw(st.booleans()) else (),
+        )
+        accounts.append(a)
+        contacts = tuple(
+            PastContact(
+                a.account_id,
+                channel,
+                rule,
+                min(now, datetime.combine(day, time(0), tzinfo=UTC)) - timedelta(minutes=ago),
+                outcome,
+                target=target,
+                due_date=a.due_date,
+            )
+            for channel, rule, ago, outcome, target in draw(st.lists(PAST, max_size=6))
+        )
+        promises = ()
+        if draw(st.integers(0, 4)) == 0:
+            promises = (Promise(a.account_id, amount, day + timedelta(days=draw(st.integers(-4, 4)))),)
+        history[a.account_id] = AccountHistory(contacts, promises)
+    return day, now, accounts, history
+
+
+def run(case: tuple[date, datetime, list[Account], dict[str, AccountHistory]]) -> Plan:
+    day, now, accounts, history = case
+    return plan(now, accounts, history, POLICIES, Horizon(day))
+
+
+def in_quiet_hours(instant: datetime, zone: str) -> bool:
+    t = instant.astimezone(ZoneInfo(zone)).time()
+    return t >= POLICY.quiet_hours.start or t < POLICY.quiet_hours.end
+
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(portfolios())
+def test_nothing_is_planned_in_quiet_hours_or_on_a_holiday_for_calls_or_before_now(case) -> None:  # type: ignore[no-untyped-def]
+    _, now, accounts, _ = case
+    by_id = {a.account_id: a for a in accounts}
+    for contact in run(case).planned:
+        assert contact.window_start >= now
+        assert contact.window_start < contact.window_end
+        if contact.channel is Channel.LETTER:
+            continue
+        a = by_id[contact.account_id]
+        last = contact.window_end - timedelta(microseconds=1)
+        for zone in a.timezones:
+            assert not in_quiet_hours(contact.window_start, zone), (contact, zone)
+            assert not in_quiet_hours(last, zone), (contact, zone)
+            start_day = contact.window_start.astimezone(ZoneInfo(zone)).date()
+            assert start_day == last.astimezone(ZoneInfo(zone)).date()
+            if contact.channel is Channel.CALL:
+                assert not POLICIES.calendar.is_holiday(a.country, start_day), (contact, zone)
+
+
+@SETTINGS
+@given(portfolios())
+def test_nothing_is_planned_for_a_paid_closed_held_or_promised_account(case) -> None:  # type: ignore[no-untyped-def]
+    day, _, accounts, history = case
+    result = run(case)
+    grace = timedelta(days=POLICY.suppressions.promise_grace_days)
+    for a in accounts:
+        promised = any(day <= p.promised_date + grace for p in history[a.account_id].promises)
+        held = (
+            a.paid_in_full or a.status is not AccountStatus.ACTIVE or a.flags & HOLD_FLAGS or promised
+        )
+        if held:
+            assert not [c for c in result.planned if c.account_id == a.account_id]
+        for c in result.planned:
+            if c.account_id == a.account_id and c.channel is Channel.SMS:
+                assert Flag.NO_SMS not in a.flags and a.phone
+            if c.account_id == a.account_id and c.channel is Channel.CALL and c.target == "borrower":
+                assert Flag.NO_CALL not in a.flags and a.phone
+
+
+@SETTINGS
+@given(portfolios())
+def test_caps_are_never_exceeded_counting_history(case) -> None:  # type: ignore[no-untyped-def]
+    day, _, accounts, history = case
+    result = run(case)
+    for a in accounts:
+        mine = [c for c in result.planned if c.account_id == a.account_id and c.channel is not Channel.LETTER]
+        if not mine:
+            continue
+        past = [p for p in history[a.account_id].contacts if p.channel is not Channel.LETTER]
+        zone = ZoneInfo(a.zone)
+        # at most N contacts that borrower-local day, history included
+        same_day = [p for p in past if p.at.astimezone(zone).date() == day]
+        assert len(same_day) + len(mine) <= CAPS.contacts_per_day
+        # every planned contact keeps the gap to every other contact
+        others = [(p.at, p.at) for p in past] + [
+            (c.window_start, c.window_end if c.channel is Channel.CALL else c.window_start) for c in mine
+        ]
+        for c in mine:
+            span = (c.window_start, c.window_end if c.channel is Channel.CALL else c.window_start)
+            for other in others:
+                if other is span or other == span:
+                    continue
+                assert other[1] + GAP <= span[0] or span[1] + GAP <= other[0], (c, other)
+        # calls to the borrower: 7 attempts in any 7 days, none within 7 days of a conversation
+        calls = sorted(
+            [p.at for p in past if p.channel is Channel.CALL and p.target == "borrower"]
+            + [c.window_start for c in mine if c.channel is Channel.CALL and c.target == "borrower"]
+        )
+        planned_calls = [c for c in mine if c.channel is Channel.CALL and c.target == "borrower"]
+        for c in planned_calls:
+            for end in calls:
+                if end >= c.window_start:
+                    window = [t for t in calls if end - timedelta(days=7) < t <= end]
+                    assert len(window) <= CAPS.call_attempts_per_7_days
+            for p in past:
+                if p.channel is Channel.CALL and p.outcome.reached_borrower:
+                    assert c.window_start >= p.at + timedelta(days=CAPS.conversation_cooldown_days)
+
+
+@SETTINGS
+@given(portfolios())
+def test_every_account_that_became_overdue_gets_a_first_contact_within_24_hours(case) -> None:  # type: ignore[no-untyped-def]
+    day, now, accounts, history = case
+    result = run(case)
+    first_rules = {r.id for r in POLICY.rule if r.first_contact}
+    for a in accounts:
+        if a.due_date != day - timedelta(days=1):
+            continue
+        overdue_at = datetime.combine(day, time(0), tzinfo=ZoneInfo(a.zone))
+        deadline = overdue_at + timedelta(hours=24)
+        mine = [c for c in result.planned if c.account_id == a.account_id and c.rule in first_rules]
+        held = {s.rule for s in result.suppressed if s.account_id == a.account_id}
+        done = {p.rule for p in history[a.account_id].contacts if p.due_date == a.due_date}
+        in_time = [c for c in mine if c.window_start < deadline]
+        flagged = [c for c in mine if c.sla_risk]
+        assert in_time or flagged or first_rules <= held | done, (a, mine, held)
+        for c in mine:
+            assert c.sla_risk == (c.window_start >= deadline)
+
+
+@SETTINGS
+@given(portfolios())
+def test_the_plan_is_deterministic(case) -> None:  # type: ignore[no-untyped-def]
+    day, now, accounts, history = case
+    assert run(case) == plan(now, list(reversed(accounts)), history, POLICIES, Horizon(day))
