@@ -95,25 +95,25 @@ def mask_target(target: str) -> str:
 def print_table(
     plan: Plan, console: Console, *, show_suppressed: bool, limit: int, title: str
 ) -> None:
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column in ("window (borrower-local)", "account", "channel", "rule", "to", "status", "note"):
-        table.add_column(column, overflow="fold")
-    shown = 0
+    """The contacts as a table, one row each, borrower-local windows (the day is the title's)."""
     rows: list[PlannedContact | SuppressedContact] = list(plan.planned)
     if show_suppressed:
         rows.extend(plan.suppressed)
-    for c in rows:
-        if limit and shown >= limit:
-            break
-        window = f"{c.window_start:%Y-%m-%d %H:%M}-{c.window_end:%H:%M} {c.window_start:%z}"
+    table = Table(title=title, header_style="bold", title_justify="left")
+    table.add_column("local window", no_wrap=True)
+    table.add_column("account", no_wrap=True)
+    table.add_column("channel", no_wrap=True)
+    table.add_column("rule")
+    table.add_column("status / why", overflow="fold")
+    for c in rows[: limit or None]:
+        window = f"{c.window_start:%H:%M}-{c.window_end:%H:%M} {c.window_start:%z}"
+        rule = c.rule if c.target == "borrower" else f"{c.rule} → {mask_target(c.target)}"
         if isinstance(c, PlannedContact):
-            status = "[bold red]planned, SLA RISK[/]" if c.sla_risk else "planned"
-            note = c.note
+            status = "[bold red]SLA RISK[/] " if c.sla_risk else ""
+            status += c.note or "planned"
         else:
-            status = f"[yellow]suppressed: {c.reason.value}[/]"
-            note = c.detail
-        table.add_row(window, c.account_id, c.channel.value, c.rule, mask_target(c.target), status, note)
-        shown += 1
+            status = f"[yellow]{c.reason.value}[/]: {c.detail}"
+        table.add_row(window, c.account_id, c.channel.value, rule, status)
     console.print(table)
     if limit and len(rows) > limit:
         console.print(f"… {len(rows) - limit} more rows (use --limit 0, or --format csv/json)")

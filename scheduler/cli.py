@@ -1,0 +1,220 @@
+"""The ``remind`` command line. The clock is read here (and only here): the planner and the
+policies get ``now`` as an argument. ``--now`` (hidden) pins it for tests and rehearsals."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+
+from policies import PolicySet, check_policies, load_policies
+from scheduler.cli_common import EXIT_INVALID, ConfigOption, err_console, exits_cleanly, settings_from
+from scheduler.cli_data import accounts_app, db_app, sample_portfolio
+from scheduler.config import Settings
+from scheduler.errors import RemindError
+from scheduler.models import Account, AccountHistory, Horizon, Plan
+from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, plan
+from scheduler.report import (
+    print_decisions,
+    print_summary,
+    print_table,
+    summarise,
+    write_csv,
+    write_jsonl,
+)
+from scheduler.store import Store, open_store
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="remind",
+    help="Repayment reminders and collection contact, inside the lender's policy and the law.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(policy_app, name="policy")
+app.command("sample-portfolio")(sample_portfolio)
+
+NowOption = Annotated[
+    datetime | None,
+    typer.Option("--now", hidden=True, help="Pretend it is this instant (ISO 8601, with offset)."),
+]
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="Policy directory (default: [policy] dir).")
+]
+DateOption = Annotated[
+    str, typer.Option("--date", help="YYYY-MM-DD or 'tomorrow', a day in each borrower's zone.")
+]
+
+
+def _now(pinned: datetime | None) -> datetime:
+    if pinned is None:
+        return datetime.now(UTC)
+    if pinned.tzinfo is None:
+        raise typer.BadParameter("--now needs a UTC offset, e.g. 2026-11-23T20:00:00+08:00")
+    return pinned.astimezone(UTC)
+
+
+def _day(value: str, settings: Settings, now: datetime) -> date:
+    today = now.astimezone(ZoneInfo(settings.ops_timezone)).date()
+    if value == "tomorrow":
+        return today + timedelta(days=1)
+    if value == "today":
+        return today
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r}: use YYYY-MM-DD, 'today' or 'tomorrow'") from exc
+
+
+def _policies(settings: Settings, directory: Path | None) -> PolicySet:
+    return load_policies((directory or settings.policy_dir).resolve())
+
+
+def history_since(policies: PolicySet, first_day: date) -> datetime:
+    """How far back history matters to the caps and conditions of ``policies``."""
+    days = 7
+    for policy in policies.policies:
+        caps = policy.caps
+        days = max(days, caps.conversation_cooldown_days, caps.third_party_every_days,
+                   *(r.unreached_days for r in policy.rule))
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
+    return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
+
+
+def load_for_plan(
+    store: Store, policies: PolicySet, horizon: Horizon, now: datetime, account_id: str | None
+) -> tuple[list[Account], dict[str, AccountHistory]]:
+    """The accounts that can have a contact in ``horizon``, and their history."""
+    since = history_since(policies, horizon.first_day)
+    if account_id is not None:
+        account = store.account(account_id, now=now)
+        if account is None:
+            raise RemindError(f"no account {account_id!r} in the store")
+        return [account], store.history([account_id], since=since)
+    before_due = max(0, *(-r.first_dpd for p in policies.policies for r in p.rule))
+    accounts = [
+        a
+        for batch in store.candidate_accounts(
+            horizon.first_day, horizon.last_day, days_before_due=before_due,
+            max_dpd=36_500, now=now,
+        )
+        for a in batch
+    ]
+    return accounts, store.history(None, since=since)
+
+
+@app.command("dry-run")
+@exits_cleanly
+def dry_run(
+    config: ConfigOption = None,
+    date_: DateOption = "tomorrow",
+    output: Annotated[str, typer.Option("--format", help="table, json (JSON Lines) or csv.")] = "table",
+    show_suppressed: Annotated[bool, typer.Option("--show-suppressed", help="List held contacts too.")] = False,
+    account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+    policy_dir: PolicyOption = None,
+    limit: Annotated[int, typer.Option(help="Table rows to print (0: all).")] = 200,
+    now: NowOption = None,
+) -> None:
+    """What will be sent and called on a day (default tomorrow), and who is left out, and why.
+
+    Reads the store, writes nothing, sends nothing."""
+    if output not in ("table", "json", "csv"):
+        raise typer.BadParameter("--format must be table, json or csv")
+    settings = settings_from(config)
+    moment = _now(now)
+    horizon = Horizon(_day(date_, settings, moment))
+    policies = _policies(settings, policy_dir)
+    store = open_store(settings)
+    try:
+        accounts, history = load_for_plan(store, policies, horizon, moment, account)
+    finally:
+        store.close()
+    result = plan(moment, accounts, history, policies, horizon)
+    _print_plan(result, output, show_suppressed or account is not None, limit, horizon, policies)
+
+
+def _print_plan(
+    result: Plan, output: str, show_suppressed: bool, limit: int, horizon: Horizon,
+    policies: PolicySet,
+) -> None:
+    summary = summarise(result)
+    if output == "json":
+        write_jsonl(result, sys.stdout, show_suppressed=show_suppressed)
+    elif output == "csv":
+        write_csv(result, sys.stdout, show_suppressed=show_suppressed)
+    else:
+        console = Console()
+        title = f"Plan for {horizon.first_day} (borrower-local days), policy {policies.version}"
+        print_table(result, console, show_suppressed=show_suppressed, limit=limit, title=title)
+        print_summary(summary, console)
+        return
+    print_summary(summary, err_console)
+
+
+@app.command("explain")
+@exits_cleanly
+def explain(
+    account_id: Annotated[str, typer.Argument(help="The account to explain.")],
+    config: ConfigOption = None,
+    date_: DateOption = "tomorrow",
+    policy_dir: PolicyOption = None,
+    now: NowOption = None,
+) -> None:
+    """Every rule considered for one account on a day, and why it fired, moved or was dropped."""
+    settings = settings_from(config)
+    moment = _now(now)
+    horizon = Horizon(_day(date_, settings, moment))
+    policies = _policies(settings, policy_dir)
+    store = open_store(settings)
+    try:
+        accounts, history = load_for_plan(store, policies, horizon, moment, account_id)
+    finally:
+        store.close()
+    account = accounts[0]
+    result = plan(moment, accounts, history, policies, horizon, explain=True)
+    console = Console()
+    dpd = (horizon.first_day - account.due_date).days
+    policy = policies.for_product(account.product)
+    console.print(
+        f"[bold]{account.account_id}[/] on {horizon.first_day}: DPD {dpd}, due {account.due_date}, "
+        f"balance {account.balance} {account.currency}, status {account.status.value}, "
+        f"zones {', '.join(account.timezones)}, country {account.country or '-'}, "
+        f"flags {', '.join(sorted(account.flags)) or 'none'}"
+    )
+    console.print(f"policy {policy.policy.name} (version {policies.version})")
+    print_decisions(result.decisions.get(account.account_id, ()), console)
+    if result.handover:
+        console.print("listed for hand-over: no automated contact")
+
+
+@policy_app.command("check")
+@exits_cleanly
+def policy_check(
+    directory: Annotated[Path | None, typer.Argument(help="Policy directory (default: config's).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a policy directory; list every problem with file, key and line. Exit 0 or 2."""
+    if directory is None:
+        directory = settings_from(config).policy_dir
+    problems = check_policies(directory.resolve())
+    if problems:
+        err_console.print(f"[bold red]{len(problems)} problem(s) in {directory}:[/]")
+        for problem in problems:
+            err_console.print(f"  {problem}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID)
+    policies = load_policies(directory.resolve())
+    names = ", ".join(p.policy.name for p in policies.policies)
+    Console().print(f"OK: {directory} ({names}), version {policies.version}")
+
+
+def main() -> None:
+    app()
