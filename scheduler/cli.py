@@ -13,7 +13,13 @@ import typer
 from rich.console import Console
 
 from policies import PolicySet, check_policies, load_policies
-from scheduler.cli_common import EXIT_INVALID, ConfigOption, err_console, exits_cleanly, settings_from
+from scheduler.cli_common import (
+    EXIT_INVALID,
+    ConfigOption,
+    err_console,
+    exits_cleanly,
+    settings_from,
+)
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
 from scheduler.errors import RemindError
@@ -84,8 +90,12 @@ def history_since(policies: PolicySet, first_day: date) -> datetime:
     days = 7
     for policy in policies.policies:
         caps = policy.caps
-        days = max(days, caps.conversation_cooldown_days, caps.third_party_every_days,
-                   *(r.unreached_days for r in policy.rule))
+        days = max(
+            days,
+            caps.conversation_cooldown_days,
+            caps.third_party_every_days,
+            *(r.unreached_days for r in policy.rule),
+        )
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
     return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
 
@@ -104,8 +114,11 @@ def load_for_plan(
     accounts = [
         a
         for batch in store.candidate_accounts(
-            horizon.first_day, horizon.last_day, days_before_due=before_due,
-            max_dpd=36_500, now=now,
+            horizon.first_day,
+            horizon.last_day,
+            days_before_due=before_due,
+            max_dpd=36_500,
+            now=now,
         )
         for a in batch
     ]
@@ -117,8 +130,12 @@ def load_for_plan(
 def dry_run(
     config: ConfigOption = None,
     date_: DateOption = "tomorrow",
-    output: Annotated[str, typer.Option("--format", help="table, json (JSON Lines) or csv.")] = "table",
-    show_suppressed: Annotated[bool, typer.Option("--show-suppressed", help="List held contacts too.")] = False,
+    output: Annotated[
+        str, typer.Option("--format", help="table, json (JSON Lines) or csv.")
+    ] = "table",
+    show_suppressed: Annotated[
+        bool, typer.Option("--show-suppressed", help="List held contacts too.")
+    ] = False,
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
     policy_dir: PolicyOption = None,
     limit: Annotated[int, typer.Option(help="Table rows to print (0: all).")] = 200,
@@ -143,7 +160,11 @@ def dry_run(
 
 
 def _print_plan(
-    result: Plan, output: str, show_suppressed: bool, limit: int, horizon: Horizon,
+    result: Plan,
+    output: str,
+    show_suppressed: bool,
+    limit: int,
+    horizon: Horizon,
     policies: PolicySet,
 ) -> None:
     summary = summarise(result)
@@ -199,7 +220,9 @@ def explain(
 @policy_app.command("check")
 @exits_cleanly
 def policy_check(
-    directory: Annotated[Path | None, typer.Argument(help="Policy directory (default: config's).")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Policy directory (default: config's).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Validate a policy directory; list every problem with file, key and line. Exit 0 or 2."""

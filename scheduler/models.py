@@ -95,7 +95,7 @@ class Outcome(StrEnum):
 
     @property
     def reached_borrower(self) -> bool:
-        """True when the borrower was spoken to (a right-party contact, a completed conversation)."""
+        """True when the borrower was spoken to (a right-party contact, a conversation)."""
         return self in _CONVERSATIONS
 
 

@@ -198,7 +198,9 @@ class _AccountDays:
 
     def _not_done(self, candidates: Iterator[_Candidate]) -> Iterator[_Candidate]:
         for c in candidates:
-            once = c.rule.first_contact and (c.rule.id, self.account.due_date, c.target) in self._done
+            once = (
+                c.rule.first_contact and (c.rule.id, self.account.due_date, c.target) in self._done
+            )
             if once or (c.rule.id, c.nominal_day, c.target) in self._done_on:
                 if self.explain:
                     self._note(c, Verdict.NOT_DUE, "already made (in the contact history)")

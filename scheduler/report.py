@@ -18,11 +18,26 @@ from rich.table import Table
 
 from scheduler.models import Decision, Plan, PlannedContact, SuppressedContact
 
-__all__ = ["JSON_KEYS", "Summary", "plan_rows", "print_summary", "print_table", "summarise",
-           "write_csv", "write_jsonl"]
+__all__ = [
+    "JSON_KEYS",
+    "Summary",
+    "plan_rows",
+    "print_summary",
+    "print_table",
+    "summarise",
+    "write_csv",
+    "write_jsonl",
+]
 
 JSON_KEYS = (
-    "account_id", "channel", "rule", "status", "reason", "window_start", "window_end", "sla_risk",
+    "account_id",
+    "channel",
+    "rule",
+    "status",
+    "reason",
+    "window_start",
+    "window_end",
+    "sla_risk",
 )
 
 
@@ -84,7 +99,9 @@ def write_csv(plan: Plan, out: IO[str], *, show_suppressed: bool) -> None:
     writer = csv.DictWriter(out, fieldnames=JSON_KEYS, lineterminator="\n")
     writer.writeheader()
     for row in plan_rows(plan, show_suppressed=show_suppressed):
-        writer.writerow({**row, "reason": row["reason"] or "", "sla_risk": str(row["sla_risk"]).lower()})
+        writer.writerow(
+            {**row, "reason": row["reason"] or "", "sla_risk": str(row["sla_risk"]).lower()}
+        )
 
 
 def mask_target(target: str) -> str:
@@ -121,7 +138,9 @@ def print_table(
 
 def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"[bold]Planned contacts: {summary.total_planned}[/]")
-    by_rule = Table("channel", "rule", "contacts", title="Per channel and rule", title_justify="left")
+    by_rule = Table(
+        "channel", "rule", "contacts", title="Per channel and rule", title_justify="left"
+    )
     for (channel, rule), count in sorted(summary.planned.items()):
         by_rule.add_row(channel, rule, str(count))
     console.print(by_rule)
@@ -144,6 +163,11 @@ def print_decisions(decisions: tuple[Decision, ...], console: Console) -> None:
     table = Table("rule", "channel", "to", "verdict", "why", header_style="bold")
     colour = {"fired": "green", "moved": "cyan", "dropped": "yellow", "not_due": "dim"}
     for d in decisions:
-        table.add_row(d.rule, d.channel.value, d.target, f"[{colour[d.verdict.value]}]{d.verdict.value}[/]",
-                      d.sentence)
+        table.add_row(
+            d.rule,
+            d.channel.value,
+            d.target,
+            f"[{colour[d.verdict.value]}]{d.verdict.value}[/]",
+            d.sentence,
+        )
     console.print(table)

@@ -30,8 +30,18 @@ ROWS = [
 def write_portfolio(path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["account_id", "phone", "email", "timezone", "due_date", "amount_due",
-                         "amount_paid", "flags"])
+        writer.writerow(
+            [
+                "account_id",
+                "phone",
+                "email",
+                "timezone",
+                "due_date",
+                "amount_due",
+                "amount_paid",
+                "flags",
+            ]
+        )
         writer.writerows(ROWS)
     return path
 
@@ -50,8 +60,9 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def invoke(workdir: Path, *args: str) -> Result:
-    return CliRunner().invoke(app, [*args, "--config", str(workdir / "config.toml")],
-                              env={"COLUMNS": "200"})
+    return CliRunner().invoke(
+        app, [*args, "--config", str(workdir / "config.toml")], env={"COLUMNS": "200"}
+    )
 
 
 def dry_run_json(workdir: Path, *extra: str) -> list[dict[str, object]]:
@@ -66,8 +77,10 @@ def test_dry_run_json_lines_have_exactly_the_contract_keys(workdir: Path) -> Non
     planned = {(r["account_id"], r["rule"]) for r in rows if r["status"] == "planned"}
     assert planned == {
         ("PRE3", "pre_due_sms_3d"),
-        ("FIRST", "first_overdue_call"), ("FIRST", "first_overdue_sms"),
-        ("NYC", "first_overdue_call"), ("NYC", "first_overdue_sms"),
+        ("FIRST", "first_overdue_call"),
+        ("FIRST", "first_overdue_sms"),
+        ("NYC", "first_overdue_call"),
+        ("NYC", "first_overdue_sms"),
     }
     held = {(r["account_id"], r["reason"]) for r in rows if r["status"] == "suppressed"}
     assert ("DISPUTED", "dispute") in held and ("NOSMS", "no_sms") in held
@@ -85,8 +98,14 @@ def test_the_summary_goes_to_stderr_and_the_table_reads_as_a_schedule(workdir: P
     assert "Planned contacts" not in result.stdout
     table = invoke(workdir, "dry-run", "--now", NOW, "--show-suppressed")
     assert table.exit_code == 0
-    for text in ("first_overdue_call", "09:00-12:00 +0800", "Agent load", "dispute",
-                 "Suppressed per reason", "SLA risk: 0"):
+    for text in (
+        "first_overdue_call",
+        "09:00-12:00 +0800",
+        "Agent load",
+        "dispute",
+        "Suppressed per reason",
+        "SLA risk: 0",
+    ):
         assert text in table.stdout
 
 
@@ -100,7 +119,8 @@ def test_the_date_is_a_borrower_local_day_and_can_be_chosen(workdir: Path) -> No
     rows = dry_run_json(workdir, "--date", "2026-11-27")
     assert {(r["account_id"], r["rule"]) for r in rows} == {
         ("PRE3", "due_day_sms"),  # due that day
-        ("FIRST", "early_call"), ("NYC", "early_call"),  # DPD 4
+        ("FIRST", "early_call"),
+        ("NYC", "early_call"),  # DPD 4
     }
 
 

@@ -11,7 +11,9 @@ from scheduler.models import Channel
 from tests.factories import local
 
 
-def hours(weekends: bool = False, overrides: dict[str, HolidayOverrides] | None = None) -> AllowedHours:
+def hours(
+    weekends: bool = False, overrides: dict[str, HolidayOverrides] | None = None
+) -> AllowedHours:
     return AllowedHours(
         quiet_start=time(21),
         quiet_end=time(8),
@@ -31,7 +33,9 @@ def hours(weekends: bool = False, overrides: dict[str, HolidayOverrides] | None 
         (date(2026, 10, 4), "Australia/Sydney", 23),
     ],
 )
-def test_allowed_hours_are_08_to_21_local_on_dst_days_too(day: date, zone: str, length_hours: int) -> None:
+def test_allowed_hours_are_08_to_21_local_on_dst_days_too(
+    day: date, zone: str, length_hours: int
+) -> None:
     start, end = local_day_span(day, zone)
     assert end - start == timedelta(hours=length_hours)
     spans = hours().spans(day, (zone,), "", Channel.SMS)
@@ -43,7 +47,9 @@ def test_several_zones_allow_only_what_every_zone_allows() -> None:
     day = date(2026, 11, 24)
     spans = hours().spans(day, ("America/New_York", "America/Los_Angeles"), "US", Channel.SMS)
     # 08:00 in Los Angeles is 11:00 in New York; 21:00 in New York ends it
-    assert spans == ((local(day, "11:00", "America/New_York"), local(day, "21:00", "America/New_York")),)
+    assert spans == (
+        (local(day, "11:00", "America/New_York"), local(day, "21:00", "America/New_York")),
+    )
 
 
 def test_a_zone_a_day_apart_still_intersects_correctly() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from scheduler.models import (
+    Account,
     AccountHistory,
     AccountStatus,
     Channel,
@@ -26,16 +28,27 @@ DAY = date(2026, 11, 24)  # a Tuesday, no holiday in CN, US, GB
 SH = "Asia/Shanghai"
 
 
-def plan_day(*accounts, history=None, day=DAY, now=None, days=1) -> Plan:  # type: ignore[no-untyped-def]
+def plan_day(
+    *accounts: Account,
+    history: dict[str, AccountHistory] | None = None,
+    day: date = DAY,
+    now: datetime | None = None,
+    days: int = 1,
+) -> Plan:
     return plan(
-        now or evening_before(day), list(accounts), history or {}, shipped_policies(),
+        now or evening_before(day),
+        list(accounts),
+        history or {},
+        shipped_policies(),
         Horizon(day, days),
     )
 
 
 def planned(result: Plan) -> list[tuple[str, str, str]]:
-    return [(c.rule, c.channel.value, f"{c.window_start:%H:%M}-{c.window_end:%H:%M}")
-            for c in result.planned]
+    return [
+        (c.rule, c.channel.value, f"{c.window_start:%H:%M}-{c.window_end:%H:%M}")
+        for c in result.planned
+    ]
 
 
 def reasons(result: Plan) -> dict[str, str]:
@@ -48,9 +61,21 @@ def reasons(result: Plan) -> dict[str, str]:
         (-4, []),
         (-3, [("pre_due_sms_3d", "sms", "10:00-20:00")]),
         (-2, []),
-        (-1, [("pre_due_sms_1d", "sms", "10:00-20:00"), ("pre_due_email_1d", "email", "12:00-20:00")]),
+        (
+            -1,
+            [
+                ("pre_due_sms_1d", "sms", "10:00-20:00"),
+                ("pre_due_email_1d", "email", "12:00-20:00"),
+            ],
+        ),
         (0, [("due_day_sms", "sms", "09:00-18:00")]),
-        (1, [("first_overdue_call", "call", "09:00-12:00"), ("first_overdue_sms", "sms", "14:00-20:00")]),
+        (
+            1,
+            [
+                ("first_overdue_call", "call", "09:00-12:00"),
+                ("first_overdue_sms", "sms", "14:00-20:00"),
+            ],
+        ),
         (2, [("early_call", "call", "09:00-12:00"), ("early_sms", "sms", "14:00-20:00")]),
         (3, []),
         (4, [("early_call", "call", "09:00-12:00")]),
@@ -61,7 +86,9 @@ def reasons(result: Plan) -> dict[str, str]:
         (38, [("late_call", "call", "09:00-12:00")]),
     ],
 )
-def test_the_default_ladder_by_days_past_due(dpd: int, expected: list[tuple[str, str, str]]) -> None:
+def test_the_default_ladder_by_days_past_due(
+    dpd: int, expected: list[tuple[str, str, str]]
+) -> None:
     # Given an unpaid account whose due date puts the planned day at `dpd`
     result = plan_day(account(due_date=DAY - timedelta(days=dpd)))
     # Then exactly the rules of that day are planned, at their borrower-local times
@@ -69,11 +96,18 @@ def test_the_default_ladder_by_days_past_due(dpd: int, expected: list[tuple[str,
     assert all(c.window_start.utcoffset() == timedelta(hours=8) for c in result.planned)
 
 
-def test_the_first_overdue_contact_is_inside_24_hours_and_the_sms_is_a_conditional_fallback() -> None:
+def test_the_first_overdue_contact_is_inside_24_hours_and_the_sms_is_a_conditional_fallback() -> (
+    None
+):
     result = plan_day(account(due_date=DAY - timedelta(days=1)))
     overdue_at = local(DAY, "00:00", SH)
     for contact in result.planned:
-        assert overdue_at <= contact.window_start < contact.window_end <= overdue_at + timedelta(hours=24)
+        assert (
+            overdue_at
+            <= contact.window_start
+            < contact.window_end
+            <= overdue_at + timedelta(hours=24)
+        )
         assert not contact.sla_risk
     sms = next(c for c in result.planned if c.channel is Channel.SMS)
     assert "only if first_overdue_call did not reach the borrower" in sms.note
@@ -82,11 +116,18 @@ def test_the_first_overdue_contact_is_inside_24_hours_and_the_sms_is_a_condition
 def test_the_sms_fallback_is_dropped_when_the_first_call_reached_the_borrower() -> None:
     # Given the first call this morning reached the borrower
     a = account(due_date=DAY - timedelta(days=1))
-    call = PastContact(a.account_id, Channel.CALL, "first_overdue_call", local(DAY, "09:30", SH),
-                       Outcome.PROMISE, due_date=a.due_date)
+    call = PastContact(
+        a.account_id,
+        Channel.CALL,
+        "first_overdue_call",
+        local(DAY, "09:30", SH),
+        Outcome.PROMISE,
+        due_date=a.due_date,
+    )
     # When the rest of the day is planned at 13:00
-    result = plan_day(a, history={a.account_id: AccountHistory((call,))},
-                      now=local(DAY, "13:00", SH))
+    result = plan_day(
+        a, history={a.account_id: AccountHistory((call,))}, now=local(DAY, "13:00", SH)
+    )
     # Then no SMS goes out, and the record says why
     assert planned(result) == []
     assert reasons(result) == {"first_overdue_sms": "borrower_recently_reached"}
@@ -105,7 +146,9 @@ def test_the_sms_fallback_is_dropped_when_the_first_call_reached_the_borrower() 
         ({"flags": frozenset({Flag.BANKRUPT})}, "bankrupt"),
     ],
 )
-def test_account_holds_suppress_every_contact_with_the_reason(change: dict, reason: str) -> None:  # type: ignore[type-arg]
+def test_account_holds_suppress_every_contact_with_the_reason(
+    change: dict[str, Any], reason: str
+) -> None:
     result = plan_day(account(due_date=DAY - timedelta(days=1), **change))
     assert result.planned == ()
     assert set(reasons(result).values()) == {reason}
@@ -127,11 +170,19 @@ def test_a_pending_promise_holds_contact_until_its_date_plus_the_grace_day() -> 
     [
         ({"flags": frozenset({Flag.NO_SMS})}, {"first_overdue_sms": "no_sms"}),
         ({"flags": frozenset({Flag.NO_CALL})}, {"first_overdue_call": "no_call"}),
-        ({"phone": None}, {"first_overdue_call": "missing_phone", "first_overdue_sms": "missing_phone"}),
-        ({"phone_valid": False}, {"first_overdue_call": "invalid_phone", "first_overdue_sms": "invalid_phone"}),
+        (
+            {"phone": None},
+            {"first_overdue_call": "missing_phone", "first_overdue_sms": "missing_phone"},
+        ),
+        (
+            {"phone_valid": False},
+            {"first_overdue_call": "invalid_phone", "first_overdue_sms": "invalid_phone"},
+        ),
     ],
 )
-def test_channel_holds_drop_one_channel_only(change: dict, channel_reasons: dict) -> None:  # type: ignore[type-arg]
+def test_channel_holds_drop_one_channel_only(
+    change: dict[str, Any], channel_reasons: dict[str, str]
+) -> None:
     result = plan_day(account(due_date=DAY - timedelta(days=1), **change))
     assert reasons(result) == channel_reasons
     assert len(result.planned) == 2 - len(channel_reasons)
@@ -145,8 +196,12 @@ def test_missing_email_suppresses_the_email_reminder() -> None:
 
 def test_a_borrower_in_several_zones_is_called_when_every_zone_allows() -> None:
     # Given a US number that may be in New York or Los Angeles
-    a = account(due_date=DAY - timedelta(days=1), timezones=("America/New_York", "America/Los_Angeles"),
-                country="US", phone="+12015550123")
+    a = account(
+        due_date=DAY - timedelta(days=1),
+        timezones=("America/New_York", "America/Los_Angeles"),
+        country="US",
+        phone="+12015550123",
+    )
     result = plan_day(a)
     call = next(c for c in result.planned if c.channel is Channel.CALL)
     # Then the 09:00 call moves to 11:00 New York (08:00 Los Angeles)
@@ -154,7 +209,9 @@ def test_a_borrower_in_several_zones_is_called_when_every_zone_allows() -> None:
     assert "quiet hours" in call.note
 
 
-def test_a_first_overdue_day_on_a_holiday_sends_the_sms_and_moves_the_call_flagged_sla_risk() -> None:
+def test_a_first_overdue_day_on_a_holiday_sends_the_sms_and_moves_the_call_flagged_sla_risk() -> (
+    None
+):
     # Given an account whose first overdue day is CN National Day (no calls on holidays)
     a = account(due_date=date(2026, 9, 30))
     first_day = date(2026, 10, 1)
@@ -183,15 +240,23 @@ def test_planning_today_starts_windows_now_and_records_passed_windows() -> None:
 
 
 def history_of(a_id: str, *contacts: tuple[str, Channel, Outcome]) -> dict[str, AccountHistory]:
-    return {a_id: AccountHistory(tuple(
-        PastContact(a_id, channel, "manual", datetime.fromisoformat(at).astimezone(UTC), outcome)
-        for at, channel, outcome in contacts
-    ))}
+    return {
+        a_id: AccountHistory(
+            tuple(
+                PastContact(
+                    a_id, channel, "manual", datetime.fromisoformat(at).astimezone(UTC), outcome
+                )
+                for at, channel, outcome in contacts
+            )
+        )
+    }
 
 
 def test_seven_call_attempts_in_seven_days_block_the_next_call() -> None:
     a = account(due_date=DAY - timedelta(days=10))  # DPD 10: early_call day
-    calls = [(f"2026-11-{d}T10:00:00+08:00", Channel.CALL, Outcome.NO_ANSWER) for d in range(17, 24)]
+    calls = [
+        (f"2026-11-{d}T10:00:00+08:00", Channel.CALL, Outcome.NO_ANSWER) for d in range(17, 24)
+    ]
     result = plan_day(a, history=history_of(a.account_id, *calls))
     assert reasons(result) == {"early_call": "cap_calls_7d"}
     fewer = plan_day(a, history=history_of(a.account_id, *calls[1:]))
@@ -235,8 +300,9 @@ def test_the_plan_is_deterministic_and_contact_ids_are_stable() -> None:
     first, second = plan_day(*accounts), plan_day(*reversed(accounts))
     assert first == second
     assert len({c.contact_id for c in first.planned}) == len(first.planned)
-    moved_later = plan(evening_before(DAY) + timedelta(hours=3), accounts, {}, shipped_policies(),
-                       Horizon(DAY))
+    moved_later = plan(
+        evening_before(DAY) + timedelta(hours=3), accounts, {}, shipped_policies(), Horizon(DAY)
+    )
     assert [c.contact_id for c in moved_later.planned] == [c.contact_id for c in first.planned]
 
 

@@ -61,8 +61,11 @@ PAST = st.tuples(
 )
 
 
+Case = tuple[date, datetime, list[Account], dict[str, AccountHistory]]
+
+
 @st.composite
-def portfolios(draw: st.DrawFn) -> tuple[date, datetime, list[Account], dict[str, AccountHistory]]:
+def portfolios(draw: st.DrawFn) -> Case:
     day = draw(st.sampled_from(DAYS))
     # `now` anywhere from two days before the day to the middle of it
     now = datetime.combine(day, time(0), tzinfo=UTC) + timedelta(
@@ -104,12 +107,14 @@ def portfolios(draw: st.DrawFn) -> tuple[date, datetime, list[Account], dict[str
         )
         promises = ()
         if draw(st.integers(0, 4)) == 0:
-            promises = (Promise(a.account_id, amount, day + timedelta(days=draw(st.integers(-4, 4)))),)
+            promises = (
+                Promise(a.account_id, amount, day + timedelta(days=draw(st.integers(-4, 4)))),
+            )
         history[a.account_id] = AccountHistory(contacts, promises)
     return day, now, accounts, history
 
 
-def run(case: tuple[date, datetime, list[Account], dict[str, AccountHistory]]) -> Plan:
+def run(case: Case) -> Plan:
     day, now, accounts, history = case
     return plan(now, accounts, history, POLICIES, Horizon(day))
 
@@ -124,7 +129,9 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 @SETTINGS
 @given(portfolios())
-def test_nothing_is_planned_in_quiet_hours_or_on_a_holiday_for_calls_or_before_now(case) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_is_planned_in_quiet_hours_or_on_a_holiday_for_calls_or_before_now(
+    case: Case,
+) -> None:
     _, now, accounts, _ = case
     by_id = {a.account_id: a for a in accounts}
     for contact in run(case).planned:
@@ -145,31 +152,42 @@ def test_nothing_is_planned_in_quiet_hours_or_on_a_holiday_for_calls_or_before_n
 
 @SETTINGS
 @given(portfolios())
-def test_nothing_is_planned_for_a_paid_closed_held_or_promised_account(case) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_is_planned_for_a_paid_closed_held_or_promised_account(case: Case) -> None:
     day, _, accounts, history = case
     result = run(case)
     grace = timedelta(days=POLICY.suppressions.promise_grace_days)
     for a in accounts:
         promised = any(day <= p.promised_date + grace for p in history[a.account_id].promises)
         held = (
-            a.paid_in_full or a.status is not AccountStatus.ACTIVE or a.flags & HOLD_FLAGS or promised
+            a.paid_in_full
+            or a.status is not AccountStatus.ACTIVE
+            or a.flags & HOLD_FLAGS
+            or promised
         )
         if held:
             assert not [c for c in result.planned if c.account_id == a.account_id]
         for c in result.planned:
             if c.account_id == a.account_id and c.channel is Channel.SMS:
                 assert Flag.NO_SMS not in a.flags and a.phone
-            if c.account_id == a.account_id and c.channel is Channel.CALL and c.target == "borrower":
+            if (
+                c.account_id == a.account_id
+                and c.channel is Channel.CALL
+                and c.target == "borrower"
+            ):
                 assert Flag.NO_CALL not in a.flags and a.phone
 
 
 @SETTINGS
 @given(portfolios())
-def test_caps_are_never_exceeded_counting_history(case) -> None:  # type: ignore[no-untyped-def]
+def test_caps_are_never_exceeded_counting_history(case: Case) -> None:
     day, _, accounts, history = case
     result = run(case)
     for a in accounts:
-        mine = [c for c in result.planned if c.account_id == a.account_id and c.channel is not Channel.LETTER]
+        mine = [
+            c
+            for c in result.planned
+            if c.account_id == a.account_id and c.channel is not Channel.LETTER
+        ]
         if not mine:
             continue
         past = [p for p in history[a.account_id].contacts if p.channel is not Channel.LETTER]
@@ -179,7 +197,8 @@ def test_caps_are_never_exceeded_counting_history(case) -> None:  # type: ignore
         assert len(same_day) + len(mine) <= CAPS.contacts_per_day
         # every planned contact keeps the gap to every other contact
         others = [(p.at, p.at) for p in past] + [
-            (c.window_start, c.window_end if c.channel is Channel.CALL else c.window_start) for c in mine
+            (c.window_start, c.window_end if c.channel is Channel.CALL else c.window_start)
+            for c in mine
         ]
         for c in mine:
             span = (c.window_start, c.window_end if c.channel is Channel.CALL else c.window_start)
@@ -205,8 +224,8 @@ def test_caps_are_never_exceeded_counting_history(case) -> None:  # type: ignore
 
 @SETTINGS
 @given(portfolios())
-def test_every_account_that_became_overdue_gets_a_first_contact_within_24_hours(case) -> None:  # type: ignore[no-untyped-def]
-    day, now, accounts, history = case
+def test_every_account_that_became_overdue_gets_a_first_contact_within_24_hours(case: Case) -> None:
+    day, _, accounts, history = case
     result = run(case)
     first_rules = {r.id for r in POLICY.rule if r.first_contact}
     for a in accounts:
@@ -226,6 +245,6 @@ def test_every_account_that_became_overdue_gets_a_first_contact_within_24_hours(
 
 @SETTINGS
 @given(portfolios())
-def test_the_plan_is_deterministic(case) -> None:  # type: ignore[no-untyped-def]
+def test_the_plan_is_deterministic(case: Case) -> None:
     day, now, accounts, history = case
     assert run(case) == plan(now, list(reversed(accounts)), history, POLICIES, Horizon(day))

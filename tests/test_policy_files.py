@@ -28,7 +28,9 @@ def test_shipped_policies_are_valid_and_encode_the_seeds_process() -> None:
     rules = {r.id: r for r in policy.rule}
     assert (rules["pre_due_sms_3d"].dpd, rules["pre_due_sms_3d"].at) == (-3, time(10, 0))
     assert (rules["due_day_sms"].dpd, rules["due_day_sms"].at) == (0, time(9, 0))
-    assert rules["pre_due_email_1d"].channel is Channel.EMAIL and rules["pre_due_email_1d"].dpd == -1
+    assert (
+        rules["pre_due_email_1d"].channel is Channel.EMAIL and rules["pre_due_email_1d"].dpd == -1
+    )
     call = rules["first_overdue_call"]
     assert (call.dpd, call.at, call.until, call.first_contact) == (1, time(9), time(12), True)
     assert rules["first_overdue_sms"].fallback_for == "first_overdue_call"
