@@ -1,0 +1,43 @@
+"""Each public module's ``__all__`` names exactly what it means to export, and all exist."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+MODULES = {
+    "policies": {"PolicyFile", "PolicySet", "Rule", "Target", "check_policies", "load_policies"},
+    "scheduler.errors": {
+        "ChannelError",
+        "ConfigError",
+        "PermanentChannelError",
+        "PolicyError",
+        "PolicyProblem",
+        "RemindError",
+        "SchemaBehindError",
+        "StoreError",
+        "TransientChannelError",
+    },
+    "scheduler.planner": {"FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account"},
+    "scheduler.config": {"DEFAULT_LOCATIONS", "Settings", "find_config", "load_settings"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_all_is_what_we_mean(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) == MODULES[name]
+    for symbol in module.__all__:
+        assert hasattr(module, symbol), symbol
+
+
+def test_the_error_tree_is_as_drawn() -> None:
+    from scheduler import errors
+
+    assert issubclass(errors.SchemaBehindError, errors.StoreError)
+    assert issubclass(errors.TransientChannelError, errors.ChannelError)
+    assert issubclass(errors.PermanentChannelError, errors.ChannelError)
+    for leaf in (errors.ConfigError, errors.PolicyError, errors.StoreError, errors.ChannelError):
+        assert issubclass(leaf, errors.RemindError)
+    assert errors.TransientChannelError("429", retry_after=2.5).retry_after == 2.5
