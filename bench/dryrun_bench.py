@@ -1,0 +1,473 @@
+"""Dry-run benchmark: what ``remind dry-run`` does for tomorrow over a store of N accounts,
+against ONE raw SQL query selecting the same rows, in the same run.
+
+    .venv/bin/python bench/dryrun_bench.py --accounts 100000 [--store sqlite|postgres] [--json]
+
+The store (fresh, removed at the end unless ``--keep``) is prepared untimed, in its own
+child process: ``import_accounts`` of the cached portfolio CSV (10% overdue, the rest due
+over the next 30 days), then seeded history, bulk-inserted with SQLAlchemy Core:
+
+* one performed contact for every account whose due date is before today (any status, paid
+  or not), at a random time in the 7 days before ``now`` (never before the account became
+  overdue): DPD 1 ``first_overdue_call``; DPD 2-30 ``early_call`` or ``early_sms``; later
+  ``late_call``. SMS outcome ``sent``; call outcomes no_answer 50%, busy 10%, voicemail 10%,
+  conversation 15%, promise 10%, refused 5%; status ``sent``; target the borrower;
+* for each ``promise`` outcome, a pending promise to pay in 1-7 days.
+
+Then, each in a fresh child process (its own peak RSS):
+
+* ``baseline``: raw ``sqlite3`` / ``psycopg``: one UNION ALL query returning the accounts
+  ``Store.candidate_accounts`` selects for the window ``load_for_plan`` asks for (active,
+  ``amount_paid < amount_due``, due date in range), their case-work flags in force, the
+  contacts performed since the ``since`` that ``load_for_plan`` uses, and pending promises;
+  ``fetchall()`` into tuples. No ORDER BY, no value mapping.
+* ``remind``: (setup) load the shipped policies and open the store; (a) ``load_for_plan``;
+  (b) ``scheduler.planner.plan``; total = setup + a + b, as ``remind dry-run`` does; then,
+  timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
+  ``StringIO``. Peak RSS is read before rendering, and again after it.
+
+``--profile`` adds one more ``remind`` run under cProfile (not timed): the stats go to
+``bench/out/dryrun-<N>-<store>.prof`` and the top entries are printed.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import random
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from common import (
+    DEFAULTS,
+    OUT,
+    REPO,
+    Report,
+    StoreRef,
+    Timer,
+    base_arguments,
+    current_rss_mib,
+    fresh_store,
+    libpq_url,
+    machine,
+    peak_rss_mib,
+    phase_main,
+    portfolio_csv,
+    postgres_version,
+    raw_sqlite,
+    run_instant,
+    run_phase,
+)
+
+from policies import PolicySet, load_policies
+from scheduler.cli import history_since, load_for_plan
+from scheduler.importer import import_accounts
+from scheduler.models import Horizon, contact_id
+from scheduler.planner import plan
+from scheduler.report import summarise, write_jsonl
+from scheduler.tables import accounts, contacts, promises
+
+SCRIPT = Path(__file__).resolve()
+#: config.toml's [ops] timezone: "tomorrow" is tomorrow there.
+OPS_ZONE = ZoneInfo("Asia/Shanghai")
+POLICY_DIR = REPO / "policies"
+SEED_BATCH = 10_000
+_CALL_OUTCOMES = (
+    ("no_answer", 50), ("busy", 10), ("voicemail", 10), ("conversation", 15), ("promise", 10),
+    ("refused", 5),
+)  # fmt: skip
+
+
+def tomorrow(now: datetime) -> Horizon:
+    """The horizon of ``remind dry-run`` (default ``--date tomorrow``) at ``now``."""
+    return Horizon(now.astimezone(OPS_ZONE).date() + timedelta(days=1))
+
+
+# --- prepare (child process, untimed) -----------------------------------------------------
+
+
+def phase_prepare(params: dict[str, Any]) -> dict[str, Any]:
+    ref = StoreRef.from_params(params["store"])
+    now = datetime.fromisoformat(params["now"])
+    store = ref.open()
+    try:
+        with Timer() as import_timer:
+            report = import_accounts(store, Path(params["csv"]), defaults=DEFAULTS, now=now)
+        with Timer() as seed_timer, store.engine.begin() as conn:
+            seeded = seed_history(conn, date.fromisoformat(params["today"]), now, params["seed"])
+    finally:
+        store.close()
+    return {
+        "import_s": import_timer.seconds,
+        "imported": report.counts.inserted,
+        "rejected": report.rejected,
+        "seed_s": seed_timer.seconds,
+        **seeded,
+    }
+
+
+def seed_history(conn: sa.Connection, today: date, now: datetime, seed: int) -> dict[str, int]:
+    """Insert the history described in the module docstring; return the row counts."""
+    rng = random.Random(seed)
+    overdue = conn.execute(
+        sa.select(accounts.c.account_id, accounts.c.due_date)
+        .where(accounts.c.due_date < today)
+        .order_by(accounts.c.account_id)
+    ).all()
+    counts = Counter[str]()
+    contact_rows: list[dict[str, Any]] = []
+    promise_rows: list[dict[str, Any]] = []
+    for account_id, due in overdue:
+        contact, promise = _history_rows(rng, account_id, due, today, now)
+        contact_rows.append(contact)
+        if promise is not None:
+            promise_rows.append(promise)
+        if len(contact_rows) >= SEED_BATCH:
+            counts += _flush(conn, contact_rows, promise_rows)
+            contact_rows, promise_rows = [], []
+    counts += _flush(conn, contact_rows, promise_rows)
+    return {"seeded_contacts": counts["contacts"], "seeded_promises": counts["promises"]}
+
+
+def _history_rows(
+    rng: random.Random, account_id: str, due: date, today: date, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    dpd = (today - due).days
+    if dpd == 1:
+        rule, channel = "first_overdue_call", "call"
+    elif dpd <= 30:
+        rule, channel = rng.choice((("early_call", "call"), ("early_sms", "sms")))
+    else:
+        rule, channel = "late_call", "call"
+    hours_back = rng.uniform(1, min(7 * 24, 24 * dpd - 6))
+    at = (now - timedelta(hours=hours_back)).replace(microsecond=0)
+    if channel == "sms":
+        outcome = "sent"
+    else:
+        names, weights = zip(*_CALL_OUTCOMES, strict=True)
+        outcome = rng.choices(names, weights)[0]
+    step = dpd - int(hours_back // 24)
+    contact = {
+        "contact_id": contact_id(account_id, rule, due, step, "borrower"),
+        "account_id": account_id, "channel": channel, "rule": rule, "target": "borrower",
+        "due_date": due, "step": step, "window_start": at, "window_end": at, "template": "",
+        "priority": 0, "sla_risk": False, "status": "sent", "outcome": outcome, "attempts": 1,
+        "performed_at": at, "created_at": at, "updated_at": at,
+    }  # fmt: skip
+    promise = None
+    if outcome == "promise":
+        promise = {
+            "account_id": account_id, "amount": Decimal(rng.randrange(100, 5_000)),
+            "promised_date": today + timedelta(days=rng.randint(1, 7)), "status": "pending",
+            "created_at": at, "closed_at": None,
+        }  # fmt: skip
+    return contact, promise
+
+
+def _flush(
+    conn: sa.Connection, contact_rows: list[dict[str, Any]], promise_rows: list[dict[str, Any]]
+) -> Counter[str]:
+    if contact_rows:
+        conn.execute(contacts.insert(), contact_rows)
+    if promise_rows:
+        conn.execute(promises.insert(), promise_rows)
+    return Counter(contacts=len(contact_rows), promises=len(promise_rows))
+
+
+# --- remind (child process) ---------------------------------------------------------------
+
+
+def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
+    """The dry-run, timed step by step (see the module docstring)."""
+    ref = StoreRef.from_params(params["store"])
+    now = datetime.fromisoformat(params["now"])
+    horizon = tomorrow(now)
+    rss_start = current_rss_mib()
+    with _profiled(params.get("profile")):
+        with Timer() as setup:
+            policies = load_policies(POLICY_DIR)
+            store = ref.open()
+        try:
+            with Timer() as load:
+                found, history = load_for_plan(store, policies, horizon, now, None)
+        finally:
+            store.close()
+        rss_loaded = current_rss_mib()
+        with Timer() as planning:
+            result = plan(now, found, history, policies, horizon)
+    peak_planned = peak_rss_mib()
+    buffer = io.StringIO()
+    with Timer() as render:
+        write_jsonl(result, buffer, show_suppressed=False)
+    summary = summarise(result)
+    return {
+        "setup_s": setup.seconds,
+        "load_s": load.seconds,
+        "plan_s": planning.seconds,
+        "total_s": setup.seconds + load.seconds + planning.seconds,
+        "render_s": render.seconds,
+        "render_lines": buffer.getvalue().count("\n"),
+        "render_mib": round(len(buffer.getvalue().encode()) / 2**20, 1),
+        "horizon": horizon.first_day.isoformat(),
+        "accounts_considered": len(found),
+        "history_accounts": len(history),
+        "history_contacts": sum(len(h.contacts) for h in history.values()),
+        "history_promises": sum(len(h.promises) for h in history.values()),
+        "planned": len(result.planned),
+        "suppressed": len(result.suppressed),
+        "handover": len(result.handover),
+        "sla_risks": summary.sla_risks,
+        "planned_by_channel": dict(Counter(c.channel.value for c in result.planned)),
+        "suppressed_by_reason": dict(summary.suppressed.most_common()),
+        "rss_start_mib": round(rss_start, 1),
+        "rss_after_load_mib": round(rss_loaded, 1),
+        "peak_rss_mib": round(peak_planned, 1),
+        "peak_rss_after_render_mib": round(peak_rss_mib(), 1),
+    }
+
+
+@contextmanager
+def _profiled(path: str | None) -> Iterator[None]:
+    if not path:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+        out = io.StringIO()
+        stats = pstats.Stats(profile, stream=out).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
+        print(out.getvalue(), file=sys.stderr)
+
+
+# --- baseline (child process) -------------------------------------------------------------
+
+# One row layout for every branch: kind, account_id, then typed slots (NULL where unused).
+# accounts: d=due_date m1=amount_due m2=amount_paid t1..t11 b=phone_valid
+# flags:    t1=flag;  contacts: d=due_date t1..t5=channel,rule,outcome,status,target ts;
+# promises: d=promised_date m1=amount.
+_ACCOUNT_FILTER = (
+    "{a}status = 'active' AND {a}due_date BETWEEN :low AND :high AND {a}amount_paid < {a}amount_due"
+)
+_NULLS = {n: ", ".join(["NULL"] * n) for n in range(1, 12)}
+BASELINE_SQL = f"""
+SELECT 'a', account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
+       email, language, product, currency, status, flags, emergency_contacts, phone_valid,
+       CAST(NULL AS TIMESTAMP WITH TIME ZONE)
+  FROM accounts WHERE {_ACCOUNT_FILTER.format(a="")}
+UNION ALL
+SELECT 'f', f.account_id, NULL, NULL, NULL, f.flag, {_NULLS[10]}, NULL, NULL
+  FROM account_flags f JOIN accounts a ON a.account_id = f.account_id
+ WHERE {_ACCOUNT_FILTER.format(a="a.")}
+   AND f.since <= :now AND (f.until IS NULL OR f.until > :now)
+UNION ALL
+SELECT 'c', account_id, due_date, NULL, NULL, channel, rule, outcome, status, target,
+       {_NULLS[6]}, NULL, performed_at
+  FROM contacts
+ WHERE performed_at >= :since AND (status IN ('sent', 'failed') OR outcome IS NOT NULL)
+UNION ALL
+SELECT 'p', account_id, promised_date, amount, NULL, {_NULLS[11]}, NULL, NULL
+  FROM promises WHERE status = 'pending'
+"""
+
+
+def baseline_window(policies: PolicySet, horizon: Horizon) -> dict[str, Any]:
+    """The bounds ``load_for_plan`` passes to the store, recomputed the same way."""
+    before_due = max(0, *(-r.first_dpd for p in policies.policies for r in p.rule))
+    return {
+        "low": horizon.first_day - timedelta(days=36_500 + 1),
+        "high": horizon.last_day + timedelta(days=before_due + 1),
+        "since": history_since(policies, horizon.first_day),
+    }
+
+
+def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
+    ref = StoreRef.from_params(params["store"])
+    now = datetime.fromisoformat(params["now"])
+    bounds = {**baseline_window(load_policies(POLICY_DIR), tomorrow(now)), "now": now}
+    rss_start = current_rss_mib()
+    if ref.backend == "sqlite":
+        seconds, rows = _baseline_sqlite(ref, bounds)
+    else:
+        seconds, rows = _baseline_postgres(ref, bounds)
+    kinds = Counter(row[0] for row in rows)
+    return {
+        "wall_s": seconds,
+        "rows": len(rows),
+        "accounts": kinds["a"],
+        "flags": kinds["f"],
+        "contacts": kinds["c"],
+        "promises": kinds["p"],
+        "rss_start_mib": round(rss_start, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+
+
+def _baseline_sqlite(ref: StoreRef, bounds: dict[str, Any]) -> tuple[float, list[tuple[Any, ...]]]:
+    def text(value: Any) -> str:  # the store's SQLite text forms of dates and instants
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value.isoformat()
+
+    bound = {k: text(v) for k, v in bounds.items()}
+    with Timer() as timer:
+        conn = raw_sqlite(ref.url)
+        try:
+            rows = conn.execute(BASELINE_SQL, bound).fetchall()
+        finally:
+            conn.close()
+    return timer.seconds, rows
+
+
+def _baseline_postgres(
+    ref: StoreRef, bounds: dict[str, Any]
+) -> tuple[float, list[tuple[Any, ...]]]:
+    import psycopg
+
+    sql = re.sub(r":(\w+)", r"%(\1)s", BASELINE_SQL)
+    with Timer() as timer:
+        options = f"-csearch_path={ref.schema}"
+        with psycopg.connect(libpq_url(ref.url), options=options) as conn:
+            rows = conn.execute(sql, bounds).fetchall()
+    return timer.seconds, rows
+
+
+PHASES = {"prepare": phase_prepare, "remind": phase_remind, "baseline": phase_baseline}
+
+
+# --- the run (parent process) -------------------------------------------------------------
+
+
+def main() -> None:
+    parser = base_arguments(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--profile", action="store_true", help="add an untimed remind run under cProfile"
+    )
+    parser.add_argument(
+        "--use-store", metavar="URL",
+        help="skip preparing: use a store an earlier --keep run left (same --accounts, "
+        "--seed, --today); on PostgreSQL give --schema too",
+    )  # fmt: skip
+    parser.add_argument("--schema", help="the PostgreSQL schema of --use-store")
+    args = parser.parse_args()
+    now = run_instant(args.today)
+    show = args.show_commands
+    with _store(args) as ref:
+        params: dict[str, Any] = {"store": ref.as_params(), "now": now.isoformat()}
+        prep = None
+        if not args.use_store:
+            csv_path = portfolio_csv(args.accounts, seed=args.seed, today=args.today)
+            prep_params = {
+                **params, "csv": str(csv_path), "today": args.today.isoformat(), "seed": args.seed
+            }  # fmt: skip
+            prep = run_phase(SCRIPT, "prepare", prep_params, show_command=show)
+        base = run_phase(SCRIPT, "baseline", params, show_command=show)
+        dry = run_phase(SCRIPT, "remind", params, show_command=show)
+        if args.profile:
+            OUT.mkdir(parents=True, exist_ok=True)
+            path = OUT / f"dryrun-{args.accounts}-{args.store}.prof"
+            run_phase(SCRIPT, "remind", {**params, "profile": str(path)}, show_command=show)
+            print(f"profile written to {path.relative_to(REPO)}", file=sys.stderr)
+    report = _report(args, base, dry, prep)
+    report.emit(as_json=args.json)
+    problems = _check(base, dry)
+    if problems:
+        print("\n".join(f"CHECK FAILED: {p}" for p in problems), file=sys.stderr)
+        raise SystemExit(1)
+
+
+@contextmanager
+def _store(args: Any) -> Iterator[StoreRef]:
+    if args.use_store:
+        backend = args.store
+        yield StoreRef(backend, args.use_store, args.schema if backend == "postgres" else None)
+        return
+    with fresh_store(args.store, keep=args.keep) as ref:
+        yield ref
+
+
+def _report(
+    args: Any, base: dict[str, Any], dry: dict[str, Any], prep: dict[str, Any] | None
+) -> Report:
+    report = Report(
+        f"dryrun_bench: {args.accounts:,} accounts ({int(100 * 0.1)}% overdue), {args.store}, "
+        f"plan for {dry['horizon']} at {run_instant(args.today).isoformat()}"
+    )
+    considered = dry["accounts_considered"]
+    report.add(
+        "baseline: one SQL query", base["wall_s"], rows=base["rows"],
+        peak_rss_mib=base["peak_rss_mib"],
+        note=f"{base['accounts']:,} accounts + {base['contacts']:,} contacts + "
+        f"{base['promises']:,} promises + {base['flags']:,} flags",
+    )  # fmt: skip
+    report.add("setup: policies, open store", dry["setup_s"])
+    report.add(
+        "(a) load_for_plan", dry["load_s"], rows=considered,
+        note=f"RSS after load {dry['rss_after_load_mib']:.0f} MiB",
+    )  # fmt: skip
+    report.add("(b) plan", dry["plan_s"], rows=considered, note="accounts planned")
+    report.add(
+        "(c) total dry-run", dry["total_s"], rows=considered, peak_rss_mib=dry["peak_rss_mib"],
+        note=f"{dry['planned']:,} planned, {dry['suppressed']:,} suppressed, "
+        f"{dry['handover']:,} hand-over",
+    )  # fmt: skip
+    report.add(
+        "render JSON Lines", dry["render_s"], rows=dry["render_lines"],
+        peak_rss_mib=dry["peak_rss_after_render_mib"],
+        note=f"{dry['render_mib']} MiB to StringIO, apart from the total",
+    )  # fmt: skip
+    report.ratios["total / baseline"] = dry["total_s"] / base["wall_s"]
+    report.ratios["load_for_plan / baseline"] = dry["load_s"] / base["wall_s"]
+    facts = report.facts
+    facts["accounts considered"] = considered
+    facts["history loaded"] = (
+        f"{dry['history_contacts']:,} contacts, {dry['history_promises']:,} promises "
+        f"over {dry['history_accounts']:,} accounts"
+    )
+    facts["planned by channel"] = dry["planned_by_channel"]
+    facts["suppressed by reason"] = dry["suppressed_by_reason"]
+    facts["first-24h at SLA risk"] = dry["sla_risks"]
+    facts["interpreter RSS before work (MiB)"] = dry["rss_start_mib"]
+    if prep is not None:
+        facts["prepared (untimed)"] = (
+            f"import {prep['import_s']:.1f} s ({prep['imported']:,} accounts), seeding "
+            f"{prep['seed_s']:.1f} s ({prep['seeded_contacts']:,} contacts, "
+            f"{prep['seeded_promises']:,} promises)"
+        )
+    facts["machine"] = machine()
+    if args.store == "postgres":
+        facts["postgresql"] = postgres_version()
+    facts["command"] = " ".join([".venv/bin/python", "bench/dryrun_bench.py", *sys.argv[1:]])
+    return report
+
+
+def _check(base: dict[str, Any], dry: dict[str, Any]) -> list[str]:
+    """The baseline must select what remind loaded, or the ratio compares different work."""
+    pairs = (
+        ("accounts", base["accounts"], dry["accounts_considered"]),
+        ("contacts", base["contacts"], dry["history_contacts"]),
+        ("promises", base["promises"], dry["history_promises"]),
+    )
+    return [
+        f"baseline selected {b:,} {what}, remind loaded {r:,}" for what, b, r in pairs if b != r
+    ]
+
+
+if __name__ == "__main__":
+    if not phase_main(PHASES):
+        main()
