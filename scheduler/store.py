@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -253,7 +253,7 @@ def _account(row: sa.Row[Any], extra_flags: frozenset[Flag] | None) -> Account:
     )
 
 
-def _account_params(account: Account, now: datetime) -> dict[str, Any]:
+def _account_params(account: Account) -> dict[str, Any]:
     return {
         "account_id": account.account_id,
         "name": account.name,
@@ -271,8 +271,6 @@ def _account_params(account: Account, now: datetime) -> dict[str, Any]:
         "flags": ";".join(sorted(account.flags)),
         "emergency_contacts": ";".join(account.emergency_contacts),
         "phone_valid": account.phone_valid,
-        "created_at": now,
-        "updated_at": now,
     }
 
 
@@ -314,14 +312,23 @@ _IMPORTED = tuple(
 )
 
 
+def _effective_status(stored: str, new: str) -> str:
+    """Hand-over is decided by remind, not by the lender's file: "active" does not undo it."""
+    return stored if stored == "handed_over" and new == "active" else new
+
+
 def _upsert_statement(dialect: str) -> sa.Insert:
+    """INSERT .. ON CONFLICT DO UPDATE .. WHERE <an imported column differs>: the SQL twin
+    of ``_differs`` (which decides the counts), so a concurrent writer cannot be clobbered
+    with stale values and an identical row is never rewritten."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(accounts)
     new = stmt.excluded
     values: dict[str, Any] = {name: new[name] for name in _IMPORTED}
-    # Hand-over is decided here, not by the lender's file: "active" does not undo it.
+    handed_over: sa.ColumnElement[str] = sa.literal_column("'handed_over'")
+    active: sa.ColumnElement[str] = sa.literal_column("'active'")
     values["status"] = sa.case(
-        (sa.and_(accounts.c.status == "handed_over", new.status == "active"), "handed_over"),
+        (sa.and_(accounts.c.status == handed_over, new.status == active), handed_over),
         else_=new.status,
     )
     values["phone_valid"] = sa.case(
@@ -330,25 +337,90 @@ def _upsert_statement(dialect: str) -> sa.Insert:
     )
     changed = sa.or_(*(accounts.c[name].is_distinct_from(values[name]) for name in _IMPORTED))
     values["updated_at"] = new.updated_at
-    upsert = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[accounts.c.account_id], set_=values, where=changed
     )
-    return upsert.returning(accounts.c.account_id)
+
+
+_STAMPS = frozenset({"created_at", "updated_at"})
+
+
+class _BulkUpsert:
+    """The account upsert as driver SQL and per-column bind processors, made once per
+    import: SQLAlchemy's per-row parameter handling cost as much as SQLite's own work.
+    Values are converted exactly as Core would (same types, same processors); the two
+    timestamps, the same for every row, are converted once per batch."""
+
+    def __init__(self, conn: Connection) -> None:
+        dialect = conn.dialect
+        compiled = _upsert_statement(dialect.name).compile(dialect=dialect)
+        processors = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in accounts.columns
+        }
+        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(processors)
+        if set(names) != set(processors):
+            raise StoreError("internal: the account upsert binds unexpected parameters")
+        self._sql = compiled.string
+        self._positional = compiled.positional
+        self._plan = tuple((name, processors[name], name in _STAMPS) for name in names)
+        self._stamp = processors["updated_at"]
+
+    def execute(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+        """Upsert ``rows`` (``_account_params`` dicts), created/updated at ``now``, with one
+        executemany. Raises ``StoreError`` for an amount with more than 4 decimal places."""
+        stamp = now if self._stamp is None else self._stamp(now)
+        try:
+            converted = [self._convert(row, stamp) for row in rows]
+        except ValueError as exc:  # ScaledDecimal: more than four decimal places
+            raise StoreError(f"cannot import accounts: {exc}") from exc
+        conn.exec_driver_sql(self._sql, converted)
+
+    def _convert(self, row: dict[str, Any], stamp: Any) -> tuple[Any, ...] | dict[str, Any]:
+        values = [
+            stamp if is_stamp else row[name] if process is None else process(row[name])
+            for name, process, is_stamp in self._plan
+        ]
+        if self._positional:
+            return tuple(values)
+        return dict(zip((name for name, _, _ in self._plan), values, strict=True))
+
+
+_STATUS_AT = _IMPORTED.index("status")
+
+
+def _differs(stored: sa.Row[Any], params: Mapping[str, Any]) -> bool:
+    """Whether an import of ``params`` would change the ``stored`` row (``account_id``
+    then ``_IMPORTED``): the Python twin of the upsert's WHERE."""
+    new = [params[name] for name in _IMPORTED]
+    new[_STATUS_AT] = _effective_status(stored[_STATUS_AT + 1], new[_STATUS_AT])
+    return tuple(new) != tuple(stored)[1:]
+
+
+def _ids_in(column: sa.ColumnElement[str], ids: list[str], dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN ids``; on PostgreSQL one array parameter (``= ANY``), which plans far
+    faster than thousands of parameters."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String())))
+    return column.in_(ids)
 
 
 class AccountImport:
     """Upserts accounts inside one open transaction (see ``Store.importing``).
 
     ``add`` may be called any number of times; rows are applied in order, exactly as if each
-    were upserted alone (an id seen twice is inserted, then updated). Nothing is visible to
-    other connections until the ``Store.importing`` block ends without ``rollback()``.
+    were upserted alone (an id seen twice is inserted, then updated). Per batch, the stored
+    rows are read first: new and changed rows are written, identical ones are not touched.
+    The counts are exact unless another connection writes the same accounts meanwhile.
+    Nothing is visible to other connections until the ``Store.importing`` block ends
+    without ``rollback()``.
     """
 
     def __init__(self, conn: Connection, now: datetime, batch_size: int) -> None:
         self._conn = conn
         self._now = now
         self._batch_size = batch_size
-        self._statement = _upsert_statement(conn.dialect.name)
+        self._dialect = conn.dialect.name
+        self._upsert = _BulkUpsert(conn)
         self._counts = UpsertCounts()
         self.rolled_back = False
 
@@ -358,8 +430,8 @@ class AccountImport:
         return self._counts
 
     def add(self, batch: Iterable[Account]) -> UpsertCounts:
-        """Upsert ``batch``; return what it did (also added to ``counts``).
-        Raises ``StoreError`` (the transaction is then unusable) or ``ValueError`` for an
+        """Upsert ``batch``; return what it did (also added to ``counts``). Raises
+        ``StoreError`` (the ``importing`` block then rolls everything back), e.g. for an
         amount with more than four decimal places."""
         if self.rolled_back:
             raise StoreError("this import was rolled back; start a new one")
@@ -369,7 +441,7 @@ class AccountImport:
             if account.account_id in pending or len(pending) >= self._batch_size:
                 done += self._flush(pending)
                 pending = {}
-            pending[account.account_id] = _account_params(account, self._now)
+            pending[account.account_id] = _account_params(account)
         if pending:
             done += self._flush(pending)
         self._counts += done
@@ -380,18 +452,24 @@ class AccountImport:
         self.rolled_back = True
 
     def _flush(self, pending: dict[str, dict[str, Any]]) -> UpsertCounts:
-        ids = list(pending)
         with _db_errors("cannot import accounts"):
-            existing = set(
-                self._conn.scalars(
-                    sa.select(accounts.c.account_id).where(accounts.c.account_id.in_(ids))
-                )
-            )
-            changed = set(self._conn.scalars(self._statement, list(pending.values())))
-        updated = len(changed & existing)
+            stored = self._stored(list(pending))
+            inserted = [p for key, p in pending.items() if key not in stored]
+            updated = [
+                p for key, p in pending.items() if key in stored and _differs(stored[key], p)
+            ]
+            if inserted or updated:
+                self._upsert.execute(self._conn, inserted + updated, self._now)
         return UpsertCounts(
-            inserted=len(changed) - updated, updated=updated, unchanged=len(ids) - len(changed)
+            inserted=len(inserted),
+            updated=len(updated),
+            unchanged=len(pending) - len(inserted) - len(updated),
         )
+
+    def _stored(self, ids: list[str]) -> dict[str, sa.Row[Any]]:
+        columns = [accounts.c.account_id, *(accounts.c[name] for name in _IMPORTED)]
+        where = _ids_in(accounts.c.account_id, ids, self._dialect)
+        return {row.account_id: row for row in self._conn.execute(sa.select(*columns).where(where))}
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -518,14 +596,14 @@ class Store:
         max_dpd: int,
         now: datetime,
         batch_size: int = 10_000,
-    ) -> Iterator[list[Account]]:
+    ) -> Generator[list[Account], None, None]:
         """Yield, in batches of at most ``batch_size`` ordered by account_id, every account
         the planner may have to contact for the days ``first_day..last_day``: status active,
         ``amount_paid < amount_due``, and ``due_date`` within
         ``[first_day - max_dpd - 1, last_day + days_before_due + 1]`` (one extra day each side
         for borrowers whose zone is a day off UTC). ``flags`` are the imported flags plus the
         ``account_flags`` in force at ``now``. Holds one connection (and, on SQLite, one read
-        snapshot) until exhausted or closed. Raises ``StoreError`` while iterating."""
+        snapshot) until exhausted or ``close()``d. Raises ``StoreError`` while iterating."""
         _require_aware(now, "now")
         low = first_day - timedelta(days=max_dpd + 1)
         high = last_day + timedelta(days=days_before_due + 1)
@@ -541,19 +619,20 @@ class Store:
         or ``None``. Raises ``StoreError``."""
         _require_aware(now, "now")
         where = accounts.c.account_id == account_id
-        for batch in self._accounts_where(where, now=now, batch_size=1):
-            return batch[0]
-        return None
+        with _db_errors("cannot read the account"), self._engine.connect() as conn:
+            extra = self._active_flags(conn, where, now)
+            row = conn.execute(sa.select(*_ACCOUNT_COLUMNS).where(where)).one_or_none()
+        return None if row is None else _account(row, extra.get(account_id))
 
     def _accounts_where(
         self, where: sa.ColumnElement[bool], *, now: datetime, batch_size: int
-    ) -> Iterator[list[Account]]:
+    ) -> Generator[list[Account], None, None]:
         with _db_errors("cannot read accounts"), self._engine.connect() as conn:
             extra = self._active_flags(conn, where, now)
             stmt = sa.select(*_ACCOUNT_COLUMNS).where(where).order_by(accounts.c.account_id)
-            result = conn.execution_options(yield_per=batch_size).execute(stmt)
-            for part in result.partitions():
-                yield [_account(row, extra.get(row.account_id)) for row in part]
+            with conn.execution_options(yield_per=batch_size).execute(stmt) as result:
+                for part in result.partitions():
+                    yield [_account(row, extra.get(row.account_id)) for row in part]
 
     @staticmethod
     def _active_flags(
