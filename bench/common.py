@@ -14,13 +14,18 @@ child command line with ``--show-commands``.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import hashlib
+import io
 import json
 import os
 import platform
+import pstats
 import resource
 import secrets
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +101,45 @@ class Timer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+@contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """Profile the block with cProfile when ``path`` is given: dump the stats there and print
+    the top entries (cumulative, then own time) to stderr. A no-op otherwise."""
+    if not path:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+        out = io.StringIO()
+        stats = pstats.Stats(profile, stream=out).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
+        print(out.getvalue(), file=sys.stderr)
+
+
+def combine(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several runs of one phase as one: the median of every ``*_s`` time, the maximum of
+    every ``*rss*`` figure, the rest from the first run; ``spread`` holds each time's
+    (min, max)."""
+    merged = dict(runs[0])
+    spread: dict[str, tuple[float, float]] = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        if key.endswith("_s") and isinstance(value, float):
+            merged[key] = statistics.median(values)
+            spread[key] = (min(values), max(values))
+        elif "rss" in key and isinstance(value, float):
+            merged[key] = max(values)
+    merged["spread"] = spread
+    merged["runs"] = len(runs)
+    return merged
 
 
 # --- phases in child processes ------------------------------------------------------------
@@ -259,6 +303,25 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def code_version() -> str:
+    """What was measured: the commit, and a digest of the package sources as they are on disk
+    (other work may be uncommitted), e.g. ``a3d918e, sources 5f1c0e2a9b3d (3 files differ)``."""
+    digest = hashlib.sha256()
+    for path in sorted(REPO.glob("*/**/*.py")):
+        if path.parts[len(REPO.parts)] in ("scheduler", "policies", "channels"):
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else "?"
+
+    changed = git("status", "--porcelain", "--", "scheduler", "policies", "channels")
+    count = len(changed.splitlines()) if changed != "?" else "?"
+    return f"{git('rev-parse', '--short', 'HEAD')}, sources {digest.hexdigest()[:12]} " + (
+        f"({count} files differ from the commit)" if count else "(clean)"
+    )
+
+
 def postgres_version() -> str:
     engine = sa.create_engine(PG_URL)
     try:
@@ -380,6 +443,14 @@ def base_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the benchmark store (prints where it is)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="run the measured phases N times; report the median time and the highest RSS",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="add one untimed run under cProfile; stats go to bench/out/*.prof",
+    )  # fmt: skip
     parser.add_argument(
         "--show-commands", action="store_true", help="print each phase's command line"
     )

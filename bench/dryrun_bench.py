@@ -26,15 +26,14 @@ Then, each in a fresh child process (its own peak RSS):
   timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
   ``StringIO``. Peak RSS is read before rendering, and again after it.
 
+``--repeat N`` runs baseline and remind N times, alternately, and reports the medians.
 ``--profile`` adds one more ``remind`` run under cProfile (not timed): the stats go to
 ``bench/out/dryrun-<N>-<store>.prof`` and the top entries are printed.
 """
 
 from __future__ import annotations
 
-import cProfile
 import io
-import pstats
 import random
 import re
 import sys
@@ -56,6 +55,8 @@ from common import (
     StoreRef,
     Timer,
     base_arguments,
+    code_version,
+    combine,
     current_rss_mib,
     fresh_store,
     libpq_url,
@@ -64,6 +65,7 @@ from common import (
     phase_main,
     portfolio_csv,
     postgres_version,
+    profiled,
     raw_sqlite,
     run_instant,
     run_phase,
@@ -193,7 +195,7 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
     now = datetime.fromisoformat(params["now"])
     horizon = tomorrow(now)
     rss_start = current_rss_mib()
-    with _profiled(params.get("profile")):
+    with profiled(params.get("profile")):
         with Timer() as setup:
             policies = load_policies(POLICY_DIR)
             store = ref.open()
@@ -234,25 +236,6 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": round(peak_planned, 1),
         "peak_rss_after_render_mib": round(peak_rss_mib(), 1),
     }
-
-
-@contextmanager
-def _profiled(path: str | None) -> Iterator[None]:
-    if not path:
-        yield
-        return
-    profile = cProfile.Profile()
-    profile.enable()
-    try:
-        yield
-    finally:
-        profile.disable()
-        profile.dump_stats(path)
-        out = io.StringIO()
-        stats = pstats.Stats(profile, stream=out).strip_dirs()
-        stats.sort_stats("cumulative").print_stats(40)
-        stats.sort_stats("tottime").print_stats(25)
-        print(out.getvalue(), file=sys.stderr)
 
 
 # --- baseline (child process) -------------------------------------------------------------
@@ -356,9 +339,6 @@ PHASES = {"prepare": phase_prepare, "remind": phase_remind, "baseline": phase_ba
 def main() -> None:
     parser = base_arguments(__doc__.splitlines()[0])
     parser.add_argument(
-        "--profile", action="store_true", help="add an untimed remind run under cProfile"
-    )
-    parser.add_argument(
         "--use-store", metavar="URL",
         help="skip preparing: use a store an earlier --keep run left (same --accounts, "
         "--seed, --today); on PostgreSQL give --schema too",
@@ -376,8 +356,11 @@ def main() -> None:
                 **params, "csv": str(csv_path), "today": args.today.isoformat(), "seed": args.seed
             }  # fmt: skip
             prep = run_phase(SCRIPT, "prepare", prep_params, show_command=show)
-        base = run_phase(SCRIPT, "baseline", params, show_command=show)
-        dry = run_phase(SCRIPT, "remind", params, show_command=show)
+        base_runs, dry_runs = [], []
+        for _ in range(args.repeat):  # alternate, so slow spells hit both alike
+            base_runs.append(run_phase(SCRIPT, "baseline", params, show_command=show))
+            dry_runs.append(run_phase(SCRIPT, "remind", params, show_command=show))
+        base, dry = combine(base_runs), combine(dry_runs)
         if args.profile:
             OUT.mkdir(parents=True, exist_ok=True)
             path = OUT / f"dryrun-{args.accounts}-{args.store}.prof"
@@ -449,7 +432,15 @@ def _report(
             f"{prep['seed_s']:.1f} s ({prep['seeded_contacts']:,} contacts, "
             f"{prep['seeded_promises']:,} promises)"
         )
+    if args.repeat > 1:
+        low, high = dry["spread"]["total_s"]
+        b_low, b_high = base["spread"]["wall_s"]
+        facts["repeats"] = (
+            f"{args.repeat} runs, medians shown; total {low:.2f}-{high:.2f} s, "
+            f"baseline {b_low:.2f}-{b_high:.2f} s"
+        )
     facts["machine"] = machine()
+    facts["code"] = code_version()
     if args.store == "postgres":
         facts["postgresql"] = postgres_version()
     facts["command"] = " ".join([".venv/bin/python", "bench/dryrun_bench.py", *sys.argv[1:]])

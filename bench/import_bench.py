@@ -17,7 +17,9 @@ Phases, each in its own child process (so each peak RSS is that phase's own):
 
 The store is new for each run (a SQLite file in a temporary folder, or a PostgreSQL schema
 ``bench_<hex>``) and removed at the end unless ``--keep``. The portfolio CSV is cached in
-``bench/out``. Ratios are remind's wall time over the baseline's.
+``bench/out``. Ratios are remind's wall time over the baseline's. ``--repeat N`` repeats the
+three phases in N new stores and reports medians; ``--profile`` adds one untimed import
+under cProfile into another new store (stats in ``bench/out/import-<N>-<store>.prof``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ from typing import Any
 
 from common import (
     DEFAULTS,
+    OUT,
+    REPO,
     Report,
     StoreRef,
     Timer,
     base_arguments,
+    code_version,
+    combine,
     current_rss_mib,
     fresh_store,
     libpq_url,
@@ -42,6 +48,7 @@ from common import (
     phase_main,
     portfolio_csv,
     postgres_version,
+    profiled,
     raw_sqlite,
     run_instant,
     run_phase,
@@ -66,7 +73,7 @@ def phase_import(params: dict[str, Any]) -> dict[str, Any]:
     rss_start = current_rss_mib()
     store = ref.open()
     try:
-        with Timer() as timer:
+        with profiled(params.get("profile")), Timer() as timer:
             report = import_accounts(store, path, defaults=DEFAULTS, now=now)
     finally:
         store.close()
@@ -160,18 +167,21 @@ def main() -> None:
         f"import_bench: {args.accounts:,} accounts, {args.store}, file {csv_path.name} "
         f"({csv_path.stat().st_size / 2**20:.0f} MiB)"
     )
-    with fresh_store(args.store, keep=args.keep) as ref:
-        params = {
-            "store": ref.as_params(),
-            "csv": str(csv_path),
-            "now": now.isoformat(),
-            "backend": args.store,
-            "baseline_url": _baseline_url(ref),
-        }
-        show = args.show_commands
-        base = run_phase(SCRIPT, "baseline", params, show_command=show)
-        first = run_phase(SCRIPT, "import", params, show_command=show)
-        again = run_phase(SCRIPT, "reimport", params, show_command=show)
+    show = args.show_commands
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "import": [], "reimport": []}
+    for _ in range(args.repeat):  # each repeat in a new store
+        with fresh_store(args.store, keep=args.keep) as ref:
+            params = _params(args, ref, csv_path, now)
+            for phase, done in runs.items():
+                done.append(run_phase(SCRIPT, phase, params, show_command=show))
+    if args.profile:
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / f"import-{args.accounts}-{args.store}.prof"
+        with fresh_store(args.store) as ref:
+            params = {**_params(args, ref, csv_path, now), "profile": str(path)}
+            run_phase(SCRIPT, "import", params, show_command=show)
+        print(f"profile written to {path.relative_to(REPO)}", file=sys.stderr)
+    base, first, again = (combine(runs[k]) for k in ("baseline", "import", "reimport"))
     baseline_note = (
         "sqlite3 executemany, bare table" if args.store == "sqlite" else "COPY FROM STDIN"
     )
@@ -190,7 +200,13 @@ def main() -> None:
     report.ratios["import / baseline"] = first["wall_s"] / base["wall_s"]
     report.ratios["re-import / baseline"] = again["wall_s"] / base["wall_s"]
     report.facts["interpreter RSS before work (MiB)"] = first["rss_start_mib"]
+    if args.repeat > 1:
+        report.facts["repeats"] = f"{args.repeat} runs, medians shown; " + ", ".join(
+            f"{name} {r['spread']['wall_s'][0]:.2f}-{r['spread']['wall_s'][1]:.2f} s"
+            for name, r in (("baseline", base), ("import", first), ("re-import", again))
+        )
     report.facts["machine"] = machine()
+    report.facts["code"] = code_version()
     if args.store == "postgres":
         report.facts["postgresql"] = postgres_version()
     report.facts["command"] = " ".join([".venv/bin/python", "bench/import_bench.py", *sys.argv[1:]])
@@ -199,6 +215,16 @@ def main() -> None:
     if problems:
         print("\n".join(f"CHECK FAILED: {p}" for p in problems), file=sys.stderr)
         raise SystemExit(1)
+
+
+def _params(args: Any, ref: StoreRef, csv_path: Path, now: datetime) -> dict[str, Any]:
+    return {
+        "store": ref.as_params(),
+        "csv": str(csv_path),
+        "now": now.isoformat(),
+        "backend": args.store,
+        "baseline_url": _baseline_url(ref),
+    }
 
 
 def _baseline_url(ref: StoreRef) -> str:
