@@ -36,6 +36,7 @@ __all__ = [
     "accounts",
     "audit_log",
     "contacts",
+    "from_stored",
     "metadata",
     "promises",
 ]
@@ -68,10 +69,18 @@ class ScaledDecimal(sa.TypeDecorator[Decimal]):
         return int(scaled)
 
     def process_result_value(self, value: int | None, dialect: Dialect) -> Decimal | None:
-        return None if value is None else Decimal(value).scaleb(-self.PLACES)
+        return None if value is None else from_stored(value)
 
     def coerce_compared_value(self, op: Any, value: Any) -> sa.types.TypeEngine[Any]:
         return self
+
+
+def from_stored(value: int) -> Decimal:
+    """The ``Decimal`` a stored ``ScaledDecimal`` integer stands for (4 decimal places)."""
+    return Decimal(value) * _UNIT  # exact: at most 19 digits, within the 28 of the context
+
+
+_UNIT = Decimal(1).scaleb(-ScaledDecimal.PLACES)
 
 
 #: Integer surrogate keys: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
