@@ -178,7 +178,8 @@ class _RegionTypes:
     def __init__(self, meta: Any) -> None:
         self.leading = re.compile(meta.leading_digits) if meta.leading_digits else None
         self.general = _Desc.of(meta.general_desc)
-        self.special = tuple((_Desc.of(getattr(meta, name)), kind) for name, kind in _SPECIAL_TYPES)
+        special = ((_Desc.of(getattr(meta, name)), kind) for name, kind in _SPECIAL_TYPES)
+        self.special = tuple((d, k) for d, k in special if d.pattern is not None)  # in order
         self.fixed = _Desc.of(meta.fixed_line)
         self.mobile = _Desc.of(meta.mobile)
         self.same = bool(meta.same_mobile_and_fixed_line_pattern)
