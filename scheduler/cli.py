@@ -87,7 +87,7 @@ def _policies(settings: Settings, directory: Path | None) -> PolicySet:
 
 def history_since(policies: PolicySet, first_day: date) -> datetime:
     """How far back history matters to the caps and conditions of ``policies``."""
-    days = 7
+    days = FIRST_CONTACT_SEARCH_DAYS  # a moved first contact may have been made this far back
     for policy in policies.policies:
         caps = policy.caps
         days = max(

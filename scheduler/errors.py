@@ -5,7 +5,7 @@
     RemindError
     ├── ConfigError            config.toml missing, unreadable or invalid (raised at load)
     ├── PolicyError            one or more problems in policy files; each names file, key, line
-    ├── ImportRowError         (not raised) one rejected account row: row number, column, reason
+    ├── ImportFileError        an input file as a whole cannot be imported (nothing is)
     ├── StoreError             the store cannot be used as asked
     │   └── SchemaBehindError  the store's schema is older than the code: run `remind db upgrade`
     └── ChannelError           a channel could not deliver a message
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 __all__ = [
     "ChannelError",
     "ConfigError",
+    "ImportFileError",
     "PermanentChannelError",
     "PolicyError",
     "PolicyProblem",
@@ -63,6 +64,12 @@ class PolicyError(RemindError):
     def __init__(self, problems: list[PolicyProblem]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class ImportFileError(RemindError):
+    """The file as a whole cannot be imported (unreadable, unknown format, missing a
+    required column, not UTF-8). Nothing is imported. (A bad *row* is not an error: it is
+    reported as ``importer.RowProblem`` and the good rows still import.)"""
 
 
 class StoreError(RemindError):

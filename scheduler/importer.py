@@ -34,7 +34,7 @@ import phonenumbers
 from phonenumbers import timezone as phone_zones
 
 from scheduler.config import Settings
-from scheduler.errors import RemindError
+from scheduler.errors import ImportFileError
 from scheduler.models import Account, AccountStatus, Flag
 from scheduler.store import UPSERT_BATCH, Store, UpsertCounts
 
@@ -77,11 +77,6 @@ _E164_DIGITS = re.compile(r"\+([1-9]\d{5,16})")
 _LIST_SPLIT = re.compile(r"[\s;]+")
 _STATUSES = {"active": AccountStatus.ACTIVE, "closed": AccountStatus.CLOSED}
 _FLAGS = {f.value: f for f in Flag}
-
-
-class ImportFileError(RemindError):
-    """The file as a whole cannot be imported (unreadable, unknown format, missing a
-    required column, not UTF-8). Nothing is imported."""
 
 
 @dataclass(frozen=True, slots=True)

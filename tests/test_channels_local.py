@@ -48,5 +48,5 @@ def test_the_recording_channel_records_and_replays_scripted_failures() -> None:
 
 def test_the_registry_is_an_explicit_mapping_and_names_what_it_knows() -> None:
     assert factory("outbox") is BUILTIN["outbox"]
-    with pytest.raises(ConfigError, match="unknown channel type 'pigeon'; known: .*outbox"):
+    with pytest.raises(ConfigError, match=r"unknown channel type 'pigeon'; known: .*outbox"):
         factory("pigeon")

@@ -166,3 +166,14 @@ def test_policy_check_passes_the_shipped_files_and_lists_every_problem_in_broken
     # And a dry-run with that directory refuses to plan
     refused = invoke(workdir, "dry-run", "--policy", str(broken), "--now", NOW)
     assert refused.exit_code == 2 and "rule[5].at" in refused.stderr
+
+
+def test_history_reaches_back_as_far_as_a_first_contact_can_move() -> None:
+    from datetime import date, timedelta
+
+    from scheduler.cli import history_since
+    from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS
+    from tests.factories import shipped_policies
+
+    since = history_since(shipped_policies(), date(2026, 11, 24))
+    assert since.date() <= date(2026, 11, 24) - timedelta(days=FIRST_CONTACT_SEARCH_DAYS)

@@ -11,6 +11,7 @@ MODULES = {
     "scheduler.errors": {
         "ChannelError",
         "ConfigError",
+        "ImportFileError",
         "PermanentChannelError",
         "PolicyError",
         "PolicyProblem",
