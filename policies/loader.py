@@ -55,6 +55,9 @@ class PolicySet:
     by_product: Mapping[str, PolicyFile]
     calendar: HolidayCalendar
     _hours: dict[str, AllowedHours] = field(default_factory=dict, repr=False, compare=False)
+    #: Values the planner derives from these policies alone (rules per DPD, rule-window
+    #: spans per day and zones), memoised for the life of the set. Never policy input.
+    memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False, compare=False)
 
     def for_product(self, product: str) -> PolicyFile:
         return self.by_product.get(product, self.default)

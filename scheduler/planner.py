@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
-from policies.hours import AllowedHours, Span, intersect, to_utc
+from policies.hours import Span, intersect, to_utc
 from policies.loader import PolicySet
 from policies.rules import Booking, CapLedger, Hold, account_hold, channel_hold, condition_hold
 from policies.schema import PolicyFile, Rule, Target
@@ -113,10 +114,44 @@ def plan_account(
 ) -> Plan:
     """Plan one account over ``horizon``; see ``plan``."""
     policy = policies.for_product(account.product)
-    day_planner = _AccountDays(now, account, history, policy, policies.hours(policy), explain)
+    if not explain and not _anything_due(policies, policy, account, horizon):
+        return _EMPTY
+    day_planner = _AccountDays(now, account, history, policies, policy, explain)
     for offset in range(horizon.days):
         day_planner.plan_day(horizon.first_day + timedelta(days=offset))
     return day_planner.result()
+
+
+_EMPTY = Plan()
+
+
+def _anything_due(
+    policies: PolicySet, policy: PolicyFile, account: Account, horizon: Horizon
+) -> bool:
+    """Whether any rule (or the hand-over line) concerns ``account`` in ``horizon``."""
+    for offset in range(horizon.days):
+        dpd = (horizon.first_day - account.due_date).days + offset
+        if dpd >= policy.handover.min_dpd or rules_on(policies, policy, dpd):
+            return True
+    return False
+
+
+def rules_on(policies: PolicySet, policy: PolicyFile, dpd: int) -> tuple[tuple[Rule, int], ...]:
+    """``(rule, days_back)`` pairs for a day at ``dpd``: the rules that fire on it (0 days
+    back) and the first-contact rules that fired up to ``FIRST_CONTACT_SEARCH_DAYS`` earlier
+    (they may have moved into this day). The same for every account: memoised."""
+    key = ("rules_on", policy.policy.name, dpd)
+    found = cast("tuple[tuple[Rule, int], ...] | None", policies.memo.get(key))
+    if found is None:
+        pairs: list[tuple[Rule, int]] = []
+        for rule in policy.rule:
+            if rule.fires_on(dpd):
+                pairs.append((rule, 0))
+            if rule.first_contact:
+                back_days = range(1, FIRST_CONTACT_SEARCH_DAYS + 1)
+                pairs.extend((rule, back) for back in back_days if rule.fires_on(dpd - back))
+        found = policies.memo[key] = tuple(pairs)
+    return found
 
 
 class _AccountDays:
@@ -127,15 +162,16 @@ class _AccountDays:
         now: datetime,
         account: Account,
         history: AccountHistory,
+        policies: PolicySet,
         policy: PolicyFile,
-        hours: AllowedHours,
         explain: bool,
     ) -> None:
         self.now = now
         self.account = account
         self.history = history
+        self.policies = policies
         self.policy = policy
-        self.hours = hours
+        self.hours = policies.hours(policy)
         self.explain = explain
         self.zone = ZoneInfo(account.zone)
         self.ledger: CapLedger | None = None
@@ -187,14 +223,9 @@ class _AccountDays:
 
     def _candidates(self, day: date, dpd: int) -> Iterator[_Candidate]:
         """The contacts the rules ask for on ``day``, less those history shows were made."""
-        for rule in self.policy.rule:
-            if rule.fires_on(dpd):
-                yield from self._not_done(self._targets(rule, day, dpd))
-            if rule.first_contact:  # an earlier day's first contact that could not be made
-                for back in range(1, FIRST_CONTACT_SEARCH_DAYS + 1):
-                    if rule.fires_on(dpd - back):
-                        earlier = day - timedelta(days=back)
-                        yield from self._not_done(self._targets(rule, earlier, dpd - back))
+        for rule, back in rules_on(self.policies, self.policy, dpd):
+            nominal = day - timedelta(days=back) if back else day
+            yield from self._not_done(self._targets(rule, nominal, dpd - back))
 
     def _not_done(self, candidates: Iterator[_Candidate]) -> Iterator[_Candidate]:
         for c in candidates:
@@ -275,15 +306,21 @@ class _AccountDays:
 
     def _spans(self, rule: Rule, day: date, *, clip_to_now: bool = True) -> tuple[Span, ...]:
         """Allowed spans of ``rule``'s window on ``day`` (from ``now`` unless told not to)."""
-        zone = self.account.zone
-        start = to_utc(day, rule.at, zone)
-        window = ((max(start, self.now) if clip_to_now else start, to_utc(day, rule.until, zone)),)
-        if window[0][0] >= window[0][1]:
-            return ()
-        if rule.channel is Channel.LETTER:
-            return window
-        allowed = self.hours.spans(day, self.account.timezones, self.account.country, rule.channel)
-        return intersect(window, allowed)
+        a = self.account
+        key = ("spans", self.policy.policy.name, rule.id, day, a.timezones, a.country)
+        spans = cast("tuple[Span, ...] | None", self.policies.memo.get(key))
+        if spans is None:
+            window: tuple[Span, ...] = (
+                (to_utc(day, rule.at, a.zone), to_utc(day, rule.until, a.zone)),
+            )
+            if rule.channel is not Channel.LETTER:
+                window = intersect(
+                    window, self.hours.spans(day, a.timezones, a.country, rule.channel)
+                )
+            spans = self.policies.memo[key] = window
+        if clip_to_now and spans and spans[0][0] < self.now:
+            return tuple((max(start, self.now), end) for start, end in spans if end > self.now)
+        return spans
 
     def _rule_start(self, rule: Rule, day: date) -> datetime:
         return to_utc(day, rule.at, self.account.zone)
