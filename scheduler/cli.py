@@ -24,7 +24,7 @@ from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
 from scheduler.errors import RemindError
 from scheduler.models import Account, AccountHistory, Horizon, Plan
-from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, plan
+from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, plan, rules_on
 from scheduler.report import (
     print_decisions,
     print_summary,
@@ -100,6 +100,23 @@ def history_since(policies: PolicySet, first_day: date) -> datetime:
     return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
 
 
+def due_dates_for(policies: PolicySet, horizon: Horizon) -> tuple[set[date], date]:
+    """The due dates on which some rule of ``policies`` fires in ``horizon`` (DPD is the
+    borrower-local day minus the due date, so this is exact), and the latest due date of
+    accounts past the hand-over line."""
+    dates: set[date] = set()
+    min_handover = min(p.handover.min_dpd for p in policies.policies)
+    for policy in policies.policies:
+        earliest = min((r.first_dpd for r in policy.rule), default=0)
+        for dpd in range(earliest, policy.handover.min_dpd):
+            if rules_on(policies, policy, dpd):
+                dates.update(
+                    horizon.first_day + timedelta(days=k) - timedelta(days=dpd)
+                    for k in range(horizon.days)
+                )
+    return dates, horizon.last_day - timedelta(days=min_handover)
+
+
 def load_for_plan(
     store: Store, policies: PolicySet, horizon: Horizon, now: datetime, account_id: str | None
 ) -> tuple[list[Account], dict[str, AccountHistory]]:
@@ -110,16 +127,10 @@ def load_for_plan(
         if account is None:
             raise RemindError(f"no account {account_id!r} in the store")
         return [account], store.history([account_id], since=since)
-    before_due = max(0, *(-r.first_dpd for p in policies.policies for r in p.rule))
+    due_dates, handover_until = due_dates_for(policies, horizon)
     accounts = [
         a
-        for batch in store.candidate_accounts(
-            horizon.first_day,
-            horizon.last_day,
-            days_before_due=before_due,
-            max_dpd=36_500,
-            now=now,
-        )
+        for batch in store.accounts_due_on(due_dates, due_until=handover_until, now=now)
         for a in batch
     ]
     return accounts, store.history(None, since=since)

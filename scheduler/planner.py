@@ -38,7 +38,7 @@ from scheduler.models import (
     contact_id,
 )
 
-__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account"]
+__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on"]
 
 #: How many days past its nominal day a first-24h contact is searched for an allowed time
 #: (a CN National Day week of holidays plus a weekend fits).
@@ -98,8 +98,9 @@ def plan(
         suppressed.extend(result.suppressed)
         handover.extend(result.handover)
         decisions.update(result.decisions)
-    planned.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
-    suppressed.sort(key=lambda c: (c.window_start, c.account_id, c.rule, c.target))
+    # timestamps, not the zone-aware datetimes: comparing those across zones is slow
+    planned.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
+    suppressed.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
 
 
@@ -179,6 +180,7 @@ class _AccountDays:
         self.suppressed: list[SuppressedContact] = []
         self.handover = False
         self.decisions: list[Decision] = []
+        self._counted = any(p.channel is not Channel.LETTER for p in history.contacts)
         self._done = {(p.rule, p.due_date, p.target) for p in history.contacts}
         self._done_on = {
             (p.rule, p.at.astimezone(self.zone).date(), p.target) for p in history.contacts
@@ -217,9 +219,14 @@ class _AccountDays:
                 self._suppress(candidate, outcome)
             elif outcome is not None:
                 placed.append(outcome)
-        placed.sort(key=lambda p: (-p.candidate.rule.priority, p.spans[0][0], p.candidate.rule.id))
+        if len(placed) > 1:
+            placed.sort(
+                key=lambda p: (-p.candidate.rule.priority, p.spans[0][0], p.candidate.rule.id)
+            )
+        capped = sum(1 for p in placed if p.candidate.rule.channel is not Channel.LETTER)
+        alone = capped == 1 and self.ledger is None and not self.planned and not self._counted
         for item in placed:
-            self._book(item)
+            self._book(item, alone=alone)
 
     def _candidates(self, day: date, dpd: int) -> Iterator[_Candidate]:
         """The contacts the rules ask for on ``day``, less those history shows were made."""
@@ -345,24 +352,33 @@ class _AccountDays:
 
     # -- caps and results -----------------------------------------------------------------
 
-    def _book(self, item: _Placed) -> None:
+    def _book(self, item: _Placed, *, alone: bool) -> None:
+        """Take ``item`` through the caps. ``alone``: no other contact, stored or planned,
+        can count against it, so every cap holds at its earliest time (exactly what the
+        ledger would find) and the ledger is not built."""
         c = item.candidate
-        if c.rule.channel is Channel.LETTER:
+        if c.rule.channel is Channel.LETTER or alone:
             self._accept(item, item.spans[0][0], item.spans[0][1])
             return
-        if self.ledger is None:
-            self.ledger = CapLedger(self.policy.caps, self.account.zone, self.history.contacts)
-        fitted = self.ledger.fit(item.spans, c.rule.channel, c.target)
+        fitted = self._ledger().fit(item.spans, c.rule.channel, c.target)
         if isinstance(fitted, Reason):
             self._suppress(c, Hold(fitted, _CAP_TEXT[fitted].format(caps=self.policy.caps)))
             return
         start, end = fitted
-        occupied_until = end if c.rule.channel is Channel.CALL else start
-        self.ledger.book(Booking(start, occupied_until, c.rule.channel, c.target))
+        self._ledger().book(_booking(c.rule.channel, c.target, start, end))
         moved = item.moved
         if not moved and start > item.spans[0][0]:
             moved = "moved later to keep the caps (gap between contacts)"
         self._accept(item, start, end, moved)
+
+    def _ledger(self) -> CapLedger:
+        """The account's cap ledger: its stored history plus what this plan booked so far."""
+        if self.ledger is None:
+            self.ledger = CapLedger(self.policy.caps, self.account.zone, self.history.contacts)
+            for p in self.planned:
+                if p.channel is not Channel.LETTER:
+                    self.ledger.book(_booking(p.channel, p.target, p.window_start, p.window_end))
+        return self.ledger
 
     def _accept(self, item: _Placed, start: datetime, end: datetime, moved: str = "") -> None:
         c = item.candidate
@@ -449,6 +465,11 @@ class _AccountDays:
     def _note_all(self, day: date, dpd: int, verdict: Verdict, text: str) -> None:
         for rule in self.policy.rule:
             self.decisions.append(Decision(rule.id, rule.channel, rule.target.value, verdict, text))
+
+
+def _booking(channel: Channel, target: str, start: datetime, end: datetime) -> Booking:
+    """What a contact occupies for the caps: a call its window, a message an instant."""
+    return Booking(start, end if channel is Channel.CALL else start, channel, target)
 
 
 def _mask_target(target: str) -> str:

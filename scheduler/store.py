@@ -644,6 +644,29 @@ class Store:
         )
         return self._accounts_where(where, now=now, batch_size=batch_size)
 
+    def accounts_due_on(
+        self,
+        due_dates: Collection[date],
+        *,
+        due_until: date | None,
+        now: datetime,
+        batch_size: int = 10_000,
+    ) -> Generator[list[Account], None, None]:
+        """Like ``candidate_accounts`` but for an exact selection: active, unpaid accounts
+        whose ``due_date`` is one of ``due_dates`` or on or before ``due_until`` (None: no
+        such range). The planner knows on which due dates a rule can fire; asking for just
+        those reads a fraction of the window. Same batching, flags and errors."""
+        _require_aware(now, "now")
+        match: sa.ColumnElement[bool] = accounts.c.due_date.in_(sorted(set(due_dates)))
+        if due_until is not None:
+            match = sa.or_(match, accounts.c.due_date <= due_until)
+        where = sa.and_(
+            accounts.c.status == AccountStatus.ACTIVE.value,
+            match,
+            accounts.c.amount_paid < accounts.c.amount_due,
+        )
+        return self._accounts_where(where, now=now, batch_size=batch_size)
+
     def account(self, account_id: str, *, now: datetime) -> Account | None:
         """The account with this id in any status, flags merged as in ``candidate_accounts``,
         or ``None``. Raises ``StoreError``."""

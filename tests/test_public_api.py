@@ -20,7 +20,7 @@ MODULES = {
         "StoreError",
         "TransientChannelError",
     },
-    "scheduler.planner": {"FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account"},
+    "scheduler.planner": {"FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on"},
     "scheduler.config": {"DEFAULT_LOCATIONS", "Settings", "find_config", "load_settings"},
 }
 

@@ -291,6 +291,25 @@ def test_candidates_are_active_unpaid_and_due_in_range(store: Store, now: dateti
     assert ids == ["in-high", "in-low", "partly-paid"]
 
 
+def test_accounts_due_on_exact_dates_or_past_the_handover_line(store: Store, now: datetime) -> None:
+    d = date(2026, 11, 24)
+    store.upsert_accounts(
+        [
+            acct("pre3", due_date=d + timedelta(days=3)),
+            acct("pre2", due_date=d + timedelta(days=2)),
+            acct("old", due_date=d - timedelta(days=120)),
+            acct("old-paid", due_date=d - timedelta(days=120), amount_paid=Decimal("1000")),
+            acct("dpd1", due_date=d - timedelta(days=1)),
+        ],
+        now=now,
+    )
+    wanted = {d + timedelta(days=3), d - timedelta(days=1)}
+    due = store.accounts_due_on(wanted, due_until=d - timedelta(days=91), now=now, batch_size=2)
+    assert sorted(a.account_id for batch in due for a in batch) == ["dpd1", "old", "pre3"]
+    only = store.accounts_due_on(wanted, due_until=None, now=now)
+    assert sorted(a.account_id for batch in only for a in batch) == ["dpd1", "pre3"]
+
+
 def test_candidate_flags_merge_imported_and_case_work_flags(store: Store, now: datetime) -> None:
     store.upsert_accounts([acct("A1", flags=frozenset({Flag.NO_SMS})), acct("A2")], now=now)
     hour = timedelta(hours=1)
