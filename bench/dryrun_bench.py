@@ -17,10 +17,12 @@ over the next 30 days), then seeded history, bulk-inserted with SQLAlchemy Core:
 Then, each in a fresh child process (its own peak RSS):
 
 * ``baseline``: raw ``sqlite3`` / ``psycopg``: one UNION ALL query returning the accounts
-  ``Store.candidate_accounts`` selects for the window ``load_for_plan`` asks for (active,
-  ``amount_paid < amount_due``, due date in range), their case-work flags in force, the
-  contacts performed since the ``since`` that ``load_for_plan`` uses, and pending promises;
-  ``fetchall()`` into tuples. No ORDER BY, no value mapping.
+  ``load_for_plan`` asks the store for (active, ``amount_paid < amount_due``, and the due
+  dates it asks for: the query's filter is built from the arguments ``load_for_plan`` passes,
+  recorded by running it against a stand-in store), the case-work flags in force, the
+  contacts performed since the same ``since``, and pending promises; ``fetchall()`` into
+  tuples. No ORDER BY, no value mapping. The run fails if the baseline's counts differ from
+  what remind loaded.
 * ``remind``: (setup) load the shipped policies and open the store; (a) ``load_for_plan``;
   (b) ``scheduler.planner.plan``; total = setup + a + b, as ``remind dry-run`` does; then,
   timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
@@ -71,8 +73,8 @@ from common import (
     run_phase,
 )
 
-from policies import PolicySet, load_policies
-from scheduler.cli import history_since, load_for_plan
+from policies import load_policies
+from scheduler.cli import load_for_plan
 from scheduler.importer import import_accounts
 from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan
@@ -244,20 +246,16 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
 # accounts: d=due_date m1=amount_due m2=amount_paid t1..t11 b=phone_valid
 # flags:    t1=flag;  contacts: d=due_date t1..t5=channel,rule,outcome,status,target ts;
 # promises: d=promised_date m1=amount.
-_ACCOUNT_FILTER = (
-    "{a}status = 'active' AND {a}due_date BETWEEN :low AND :high AND {a}amount_paid < {a}amount_due"
-)
 _NULLS = {n: ", ".join(["NULL"] * n) for n in range(1, 12)}
 BASELINE_SQL = f"""
 SELECT 'a', account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
        email, language, product, currency, status, flags, emergency_contacts, phone_valid,
        CAST(NULL AS TIMESTAMP WITH TIME ZONE)
-  FROM accounts WHERE {_ACCOUNT_FILTER.format(a="")}
+  FROM accounts
+ WHERE status = 'active' AND amount_paid < amount_due AND ({{due_match}})
 UNION ALL
-SELECT 'f', f.account_id, NULL, NULL, NULL, f.flag, {_NULLS[10]}, NULL, NULL
-  FROM account_flags f JOIN accounts a ON a.account_id = f.account_id
- WHERE {_ACCOUNT_FILTER.format(a="a.")}
-   AND f.since <= :now AND (f.until IS NULL OR f.until > :now)
+SELECT 'f', account_id, NULL, NULL, NULL, flag, {_NULLS[10]}, NULL, NULL
+  FROM account_flags WHERE since <= :now AND (until IS NULL OR until > :now)
 UNION ALL
 SELECT 'c', account_id, due_date, NULL, NULL, channel, rule, outcome, status, target,
        {_NULLS[6]}, NULL, performed_at
@@ -269,25 +267,54 @@ SELECT 'p', account_id, promised_date, amount, NULL, {_NULLS[11]}, NULL, NULL
 """
 
 
-def baseline_window(policies: PolicySet, horizon: Horizon) -> dict[str, Any]:
-    """The bounds ``load_for_plan`` passes to the store, recomputed the same way."""
-    before_due = max(0, *(-r.first_dpd for p in policies.policies for r in p.rule))
-    return {
-        "low": horizon.first_day - timedelta(days=36_500 + 1),
-        "high": horizon.last_day + timedelta(days=before_due + 1),
-        "since": history_since(policies, horizon.first_day),
-    }
+class _RecordingStore:
+    """Stands in for the store in ``load_for_plan`` and records what it asks for, so the
+    baseline selects exactly the rows the real call selects, whichever store method the
+    current ``load_for_plan`` uses."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.asked[name] = (args, kwargs)
+            return {} if name == "history" else iter(())
+
+        return record
+
+
+def baseline_selection(now: datetime) -> tuple[str, dict[str, Any]]:
+    """The baseline's SQL (``:name`` parameters) and its parameters: the account selection
+    and the history ``since`` that ``load_for_plan`` asks the store for."""
+    recorder = _RecordingStore()
+    load_for_plan(recorder, load_policies(POLICY_DIR), tomorrow(now), now, None)  # type: ignore[arg-type]
+    _, history_kwargs = recorder.asked["history"]
+    params: dict[str, Any] = {"since": history_kwargs["since"], "now": now}
+    if "accounts_due_on" in recorder.asked:
+        (dates,), kwargs = recorder.asked["accounts_due_on"]
+        names = [f"d{i}" for i in range(len(dates))]
+        params.update(zip(names, sorted(dates), strict=True))
+        match = f"due_date IN ({', '.join(':' + n for n in names)})"
+        if kwargs.get("due_until") is not None:
+            match += " OR due_date <= :until"
+            params["until"] = kwargs["due_until"]
+    else:  # the window form: Store.candidate_accounts(first_day, last_day, ...)
+        (first_day, last_day), kwargs = recorder.asked["candidate_accounts"]
+        match = "due_date BETWEEN :low AND :high"
+        params["low"] = first_day - timedelta(days=kwargs["max_dpd"] + 1)
+        params["high"] = last_day + timedelta(days=kwargs["days_before_due"] + 1)
+    return BASELINE_SQL.format(due_match=match), params
 
 
 def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
     ref = StoreRef.from_params(params["store"])
     now = datetime.fromisoformat(params["now"])
-    bounds = {**baseline_window(load_policies(POLICY_DIR), tomorrow(now)), "now": now}
+    sql, bounds = baseline_selection(now)
     rss_start = current_rss_mib()
     if ref.backend == "sqlite":
-        seconds, rows = _baseline_sqlite(ref, bounds)
+        seconds, rows = _baseline_sqlite(ref, sql, bounds)
     else:
-        seconds, rows = _baseline_postgres(ref, bounds)
+        seconds, rows = _baseline_postgres(ref, sql, bounds)
     kinds = Counter(row[0] for row in rows)
     return {
         "wall_s": seconds,
@@ -301,7 +328,9 @@ def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _baseline_sqlite(ref: StoreRef, bounds: dict[str, Any]) -> tuple[float, list[tuple[Any, ...]]]:
+def _baseline_sqlite(
+    ref: StoreRef, sql: str, bounds: dict[str, Any]
+) -> tuple[float, list[tuple[Any, ...]]]:
     def text(value: Any) -> str:  # the store's SQLite text forms of dates and instants
         if isinstance(value, datetime):
             return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -311,18 +340,18 @@ def _baseline_sqlite(ref: StoreRef, bounds: dict[str, Any]) -> tuple[float, list
     with Timer() as timer:
         conn = raw_sqlite(ref.url)
         try:
-            rows = conn.execute(BASELINE_SQL, bound).fetchall()
+            rows = conn.execute(sql, bound).fetchall()
         finally:
             conn.close()
     return timer.seconds, rows
 
 
 def _baseline_postgres(
-    ref: StoreRef, bounds: dict[str, Any]
+    ref: StoreRef, sql: str, bounds: dict[str, Any]
 ) -> tuple[float, list[tuple[Any, ...]]]:
     import psycopg
 
-    sql = re.sub(r":(\w+)", r"%(\1)s", BASELINE_SQL)
+    sql = re.sub(r":(\w+)", r"%(\1)s", sql)
     with Timer() as timer:
         options = f"-csearch_path={ref.schema}"
         with psycopg.connect(libpq_url(ref.url), options=options) as conn:
