@@ -4,6 +4,7 @@ policies get ``now`` as an argument. ``--now`` (hidden) pins it for tests and re
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -136,6 +137,38 @@ def load_for_plan(
     return accounts, store.history(None, since=since)
 
 
+@dataclass(frozen=True, slots=True)
+class _PlanRun:
+    """Everything a planning command reads: the instant, the day, the policies, and the
+    accounts with their history (the store is opened and closed again here)."""
+
+    now: datetime
+    horizon: Horizon
+    policies: PolicySet
+    accounts: list[Account]
+    history: dict[str, AccountHistory]
+
+    @classmethod
+    def prepare(
+        cls,
+        config: Path | None,
+        day: str,
+        policy_dir: Path | None,
+        now: datetime | None,
+        account_id: str | None,
+    ) -> _PlanRun:
+        settings = settings_from(config)
+        moment = _now(now)
+        horizon = Horizon(_day(day, settings, moment))
+        policies = _policies(settings, policy_dir)
+        store = open_store(settings)
+        try:
+            accounts, history = load_for_plan(store, policies, horizon, moment, account_id)
+        finally:
+            store.close()
+        return cls(moment, horizon, policies, accounts, history)
+
+
 @app.command("dry-run")
 @exits_cleanly
 def dry_run(
@@ -157,16 +190,9 @@ def dry_run(
     Reads the store, writes nothing, sends nothing."""
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
-    settings = settings_from(config)
-    moment = _now(now)
-    horizon = Horizon(_day(date_, settings, moment))
-    policies = _policies(settings, policy_dir)
-    store = open_store(settings)
-    try:
-        accounts, history = load_for_plan(store, policies, horizon, moment, account)
-    finally:
-        store.close()
-    result = plan(moment, accounts, history, policies, horizon)
+    run = _PlanRun.prepare(config, date_, policy_dir, now, account)
+    result = plan(run.now, run.accounts, run.history, run.policies, run.horizon)
+    horizon, policies = run.horizon, run.policies
     _print_plan(result, output, show_suppressed or account is not None, limit, horizon, policies)
 
 
@@ -202,17 +228,9 @@ def explain(
     now: NowOption = None,
 ) -> None:
     """Every rule considered for one account on a day, and why it fired, moved or was dropped."""
-    settings = settings_from(config)
-    moment = _now(now)
-    horizon = Horizon(_day(date_, settings, moment))
-    policies = _policies(settings, policy_dir)
-    store = open_store(settings)
-    try:
-        accounts, history = load_for_plan(store, policies, horizon, moment, account_id)
-    finally:
-        store.close()
-    account = accounts[0]
-    result = plan(moment, accounts, history, policies, horizon, explain=True)
+    run = _PlanRun.prepare(config, date_, policy_dir, now, account_id)
+    horizon, policies, account = run.horizon, run.policies, run.accounts[0]
+    result = plan(run.now, run.accounts, run.history, policies, horizon, explain=True)
     console = Console()
     dpd = (horizon.first_day - account.due_date).days
     policy = policies.for_product(account.product)
