@@ -46,7 +46,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from scheduler.importer import Defaults  # noqa: E402
 from scheduler.sample import generate_portfolio, write_csv  # noqa: E402
-from scheduler.store import Store  # noqa: E402
+from scheduler.store import Store, drop_schema  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 PG_URL = os.environ.get("REMIND_BENCH_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
@@ -254,16 +254,7 @@ def fresh_store(backend: str, *, keep: bool = False) -> Iterator[StoreRef]:
         if keep:
             print(f"kept the store: {PG_URL} schema {schema}", file=sys.stderr)
         else:
-            drop_pg_schema(schema)
-
-
-def drop_pg_schema(schema: str) -> None:
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        engine.dispose()
+            drop_schema(PG_URL, schema)
 
 
 def libpq_url(url: str) -> str:

@@ -91,12 +91,13 @@ class HolidayCalendar:
 
     def __init__(self, overrides: Mapping[str, HolidayOverrides] | None = None) -> None:
         self._overrides = {k.upper(): v for k, v in (overrides or {}).items()}
-        self._years: dict[tuple[str, int], tuple[frozenset[date], frozenset[date]]] = {}
+        self._years: dict[tuple[str, int], tuple[dict[date, str], frozenset[date]]] = {}
 
-    def _year(self, country: str, year: int) -> tuple[frozenset[date], frozenset[date]]:
+    def _year(self, country: str, year: int) -> tuple[dict[date, str], frozenset[date]]:
+        """The holidays (date -> name) and make-up workdays of one country and year."""
         key = (country, year)
         if key not in self._years:
-            days: set[date] = set()
+            names: dict[date, str] = {}
             workdays: set[date] = set()
             if country:
                 try:
@@ -104,12 +105,16 @@ class HolidayCalendar:
                 except NotImplementedError:
                     table = None
                 if table is not None:
-                    days = {d for d in table if d.year == year}
+                    names = {d: str(name) for d, name in table.items() if d.year == year}
                     workdays = {d for d in getattr(table, "weekend_workdays", ()) if d.year == year}
             extra = self._overrides.get(country, HolidayOverrides())
-            days = (days | {d for d in extra.add if d.year == year}) - extra.remove - extra.workdays
-            workdays = (workdays | {d for d in extra.workdays if d.year == year}) - days
-            self._years[key] = (frozenset(days), frozenset(workdays))
+            for day in extra.add:
+                if day.year == year:
+                    names.setdefault(day, "holiday (policy override)")
+            for day in extra.remove | extra.workdays:
+                names.pop(day, None)
+            workdays = (workdays | {d for d in extra.workdays if d.year == year}) - names.keys()
+            self._years[key] = (names, frozenset(workdays))
         return self._years[key]
 
     def is_holiday(self, country: str, day: date) -> bool:
@@ -119,13 +124,8 @@ class HolidayCalendar:
         return day in self._year(country.upper(), day.year)[1]
 
     def holiday_name(self, country: str, day: date) -> str:
-        if not self.is_holiday(country, day):
-            return ""
-        try:
-            name = holidays_lib.country_holidays(country.upper(), years=day.year).get(day)
-        except NotImplementedError:
-            name = None
-        return str(name) if name else "holiday (policy override)"
+        """The holiday's name ("" when ``day`` is no holiday in ``country``)."""
+        return self._year(country.upper(), day.year)[0].get(day, "")
 
 
 class AllowedHours:

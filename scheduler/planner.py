@@ -440,9 +440,7 @@ class _AccountDays:
     # -- explain --------------------------------------------------------------------------
 
     def _note(self, c: _Candidate, verdict: Verdict, sentence: str) -> None:
-        self.decisions.append(
-            Decision(c.rule.id, c.rule.channel, _mask_target(c.target), verdict, sentence)
-        )
+        self.decisions.append(Decision(c.rule.id, c.rule.channel, c.target, verdict, sentence))
 
     def _note_not_due(self, day: date, dpd: int, candidates: list[_Candidate]) -> None:
         asked = {c.rule.id for c in candidates}
@@ -470,10 +468,6 @@ class _AccountDays:
 def _booking(channel: Channel, target: str, start: datetime, end: datetime) -> Booking:
     """What a contact occupies for the caps: a call its window, a message an instant."""
     return Booking(start, end if channel is Channel.CALL else start, channel, target)
-
-
-def _mask_target(target: str) -> str:
-    return target if target == "borrower" else f"emergency contact ...{target[-4:]}"
 
 
 _MIDNIGHT = datetime.min.time()

@@ -105,8 +105,9 @@ def write_csv(plan: Plan, out: IO[str], *, show_suppressed: bool) -> None:
 
 
 def mask_target(target: str) -> str:
-    """An emergency contact's number shown with only its last four digits."""
-    return target if target == "borrower" else f"3rd party …{target[-4:]}"
+    """A target fit for output: an emergency contact's number shows its last four digits
+    only; "borrower" and rule targets ("emergency_contacts") pass as they are."""
+    return f"3rd party …{target[-4:]}" if target.startswith("+") else target
 
 
 def print_table(
@@ -166,7 +167,7 @@ def print_decisions(decisions: tuple[Decision, ...], console: Console) -> None:
         table.add_row(
             d.rule,
             d.channel.value,
-            d.target,
+            mask_target(d.target),
             f"[{colour[d.verdict.value]}]{d.verdict.value}[/]",
             d.sentence,
         )

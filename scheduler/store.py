@@ -109,6 +109,16 @@ def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a PostgreSQL schema and everything in it (tests' and benchmarks' own schemas)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
 def head_revision() -> str:
     """The schema revision this code needs (the migrations' single head)."""
     head = _script().get_current_head()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler.store import Store
+from scheduler.store import Store, drop_schema
 
 PG_URL = os.environ.get("REMIND_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 TABLES = ("audit_log", "account_flags", "promises", "contacts", "accounts")
@@ -51,15 +51,6 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
-def drop_schema(schema: str) -> None:
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def pg_schema() -> Iterator[str]:
     """This session's own migrated PostgreSQL schema, dropped at the end."""
@@ -71,7 +62,7 @@ def pg_schema() -> Iterator[str]:
     finally:
         store.close()
     yield schema
-    drop_schema(schema)
+    drop_schema(PG_URL, schema)
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +112,7 @@ def empty_pg_schema(pg_url: str) -> Iterator[str]:
     finally:
         engine.dispose()
     yield schema
-    drop_schema(schema)
+    drop_schema(PG_URL, schema)
 
 
 @pytest.fixture(params=BACKENDS)
