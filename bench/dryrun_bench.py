@@ -74,7 +74,7 @@ from common import (
 )
 
 from policies import load_policies
-from scheduler.cli import load_for_plan
+from scheduler.planning import load_for_plan
 from scheduler.importer import import_accounts
 from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan

@@ -23,9 +23,9 @@ from scheduler.cli_common import (
 )
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
-from scheduler.errors import RemindError
 from scheduler.models import Account, AccountHistory, Horizon, Plan
-from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, plan, rules_on
+from scheduler.planner import plan
+from scheduler.planning import load_for_plan
 from scheduler.report import (
     print_decisions,
     print_summary,
@@ -34,7 +34,7 @@ from scheduler.report import (
     write_csv,
     write_jsonl,
 )
-from scheduler.store import Store, open_store
+from scheduler.store import open_store
 
 __all__ = ["app", "main"]
 
@@ -84,57 +84,6 @@ def _day(value: str, settings: Settings, now: datetime) -> date:
 
 def _policies(settings: Settings, directory: Path | None) -> PolicySet:
     return load_policies((directory or settings.policy_dir).resolve())
-
-
-def history_since(policies: PolicySet, first_day: date) -> datetime:
-    """How far back history matters to the caps and conditions of ``policies``."""
-    days = FIRST_CONTACT_SEARCH_DAYS  # a moved first contact may have been made this far back
-    for policy in policies.policies:
-        caps = policy.caps
-        days = max(
-            days,
-            caps.conversation_cooldown_days,
-            caps.third_party_every_days,
-            *(r.unreached_days for r in policy.rule),
-        )
-    start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
-    return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
-
-
-def due_dates_for(policies: PolicySet, horizon: Horizon) -> tuple[set[date], date]:
-    """The due dates on which some rule of ``policies`` fires in ``horizon`` (DPD is the
-    borrower-local day minus the due date, so this is exact), and the latest due date of
-    accounts past the hand-over line."""
-    dates: set[date] = set()
-    min_handover = min(p.handover.min_dpd for p in policies.policies)
-    for policy in policies.policies:
-        earliest = min((r.first_dpd for r in policy.rule), default=0)
-        for dpd in range(earliest, policy.handover.min_dpd):
-            if rules_on(policies, policy, dpd):
-                dates.update(
-                    horizon.first_day + timedelta(days=k) - timedelta(days=dpd)
-                    for k in range(horizon.days)
-                )
-    return dates, horizon.last_day - timedelta(days=min_handover)
-
-
-def load_for_plan(
-    store: Store, policies: PolicySet, horizon: Horizon, now: datetime, account_id: str | None
-) -> tuple[list[Account], dict[str, AccountHistory]]:
-    """The accounts that can have a contact in ``horizon``, and their history."""
-    since = history_since(policies, horizon.first_day)
-    if account_id is not None:
-        account = store.account(account_id, now=now)
-        if account is None:
-            raise RemindError(f"no account {account_id!r} in the store")
-        return [account], store.history([account_id], since=since)
-    due_dates, handover_until = due_dates_for(policies, horizon)
-    accounts = [
-        a
-        for batch in store.accounts_due_on(due_dates, due_until=handover_until, now=now)
-        for a in batch
-    ]
-    return accounts, store.history(None, since=since)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,21 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scheduler.errors import ConfigError
 
-__all__ = ["DEFAULT_LOCATIONS", "Settings", "find_config", "load_settings"]
+__all__ = [
+    "DEFAULT_LOCATIONS",
+    "ChannelSettings",
+    "DaemonSettings",
+    "Settings",
+    "find_config",
+    "load_settings",
+]
 
 DEFAULT_LOCATIONS: tuple[Path, ...] = (Path("config.toml"), Path("/etc/remind/config.toml"))
 
@@ -28,7 +35,60 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "ops": {"timezone": str, "lender_name": str},
     "borrower_defaults": {"timezone": str, "country": str, "language": str, "currency": str},
     "policy": {"dir": str},
+    "daemon": {
+        "plan_every_seconds": int,
+        "plan_days": int,
+        "dispatch_every_seconds": float,
+        "watch_every_seconds": int,
+        "batch_size": int,
+        "lease_seconds": int,
+        "max_attempts": int,
+        "retry_base_seconds": int,
+        "retry_max_seconds": int,
+        "short_retries": int,
+        "drain_seconds": int,
+        "metrics_port": int,
+    },
 }
+#: Keys of a ``[channels.KIND]`` table that the dispatcher reads; the rest go to the adapter.
+_LANE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "type": str,
+    "concurrency": int,
+    "rate_per_second": (int, float),
+}
+#: Adapter options naming a file: made absolute against the config file's folder.
+_PATH_OPTIONS = frozenset({"path", "ca_file"})
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """``[daemon]``: how often each tick runs and how contacts are claimed and retried."""
+
+    plan_every_seconds: int = 600
+    plan_days: int = 2
+    dispatch_every_seconds: float = 2.0
+    watch_every_seconds: int = 30
+    batch_size: int = 200
+    lease_seconds: int = 120
+    max_attempts: int = 5
+    retry_base_seconds: int = 60
+    retry_max_seconds: int = 3600
+    short_retries: int = 2
+    drain_seconds: int = 30
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """``[channels.KIND]``: which adapter serves a channel kind (sms, email, call, letter),
+    how many sends may be in flight at once, the provider's rate limit (0: none), and the
+    adapter's own options (passed to its factory as keyword arguments)."""
+
+    kind: str
+    type: str
+    concurrency: int = 4
+    rate_per_second: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +104,8 @@ class Settings:
     default_language: str
     default_currency: str
     policy_dir: Path
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
 
 
 def find_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
@@ -92,12 +154,56 @@ def load_settings(explicit: Path | None = None, env: Mapping[str, str] | None = 
         default_language=get("borrower_defaults", "language", "en"),
         default_currency=get("borrower_defaults", "currency", ""),
         policy_dir=(base / get("policy", "dir", "policies")).resolve(),
+        daemon=_daemon(path, data.get("daemon", {})),
+        channels=_channels(path, data.get("channels", {})),
     )
     return settings
 
 
+def _daemon(path: Path, table: dict[str, Any]) -> DaemonSettings:
+    values = dict(table)
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{path}: daemon.{key} must not be negative")
+    for key in ("plan_days", "batch_size", "lease_seconds", "max_attempts"):
+        if key in values and values[key] < 1:
+            raise ConfigError(f"{path}: daemon.{key} must be at least 1")
+    if "dispatch_every_seconds" in values:
+        values["dispatch_every_seconds"] = float(values["dispatch_every_seconds"])
+    return DaemonSettings(**values)
+
+
+def _channels(path: Path, table: dict[str, Any]) -> dict[str, ChannelSettings]:
+    found: dict[str, ChannelSettings] = {}
+    for kind, body in table.items():
+        where = f"{path}: channels.{kind}"
+        if kind not in _CHANNEL_KINDS:
+            raise ConfigError(f"{where}: unknown channel kind; known: {sorted(_CHANNEL_KINDS)}")
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            raise ConfigError(f'{where}: needs type = "..." (e.g. "outbox", "sms_http")')
+        for key, expected in _LANE_KEYS.items():
+            if key in body and not isinstance(body[key], expected):
+                raise ConfigError(f"{where}.{key} has the wrong type")
+        concurrency = int(body.get("concurrency", 4))
+        rate = float(body.get("rate_per_second", 0))
+        if concurrency < 1 or rate < 0:
+            raise ConfigError(f"{where}: concurrency must be >= 1 and rate_per_second >= 0")
+        options = {k: v for k, v in body.items() if k not in _LANE_KEYS}
+        for key in _PATH_OPTIONS & options.keys():
+            options[key] = (path.parent / str(options[key])).resolve()
+        found[kind] = ChannelSettings(kind, body["type"], concurrency, rate, options)
+    return found
+
+
+_CHANNEL_KINDS = frozenset({"sms", "email", "call", "letter"})
+
+
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
     for section, body in data.items():
+        if section == "channels":
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: channels must be a table of [channels.KIND] tables")
+            continue
         if section not in _SCHEMA:
             raise ConfigError(f"{path}: unknown section [{section}]; known: {sorted(_SCHEMA)}")
         if not isinstance(body, dict):
@@ -108,7 +214,9 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"{path}: unknown key {section}.{key}; known: {sorted(_SCHEMA[section])}"
                 )
-            if not isinstance(value, expected):
+            if not isinstance(value, expected) and not (
+                expected is float and isinstance(value, int)
+            ):
                 raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
 
 

@@ -204,7 +204,7 @@ class Horizon:
 
 
 class Reason(StrEnum):
-    """Why a contact was not planned (or not sent). The sentence is in ``REASON_TEXT``."""
+    """Why a contact was not planned (or not sent); a sentence for people travels with it."""
 
     PAID = "paid"
     CLOSED = "closed"
@@ -232,6 +232,10 @@ class Reason(StrEnum):
     CAP_CONNECTED_CALLS = "cap_connected_calls"
     CAP_MIN_GAP = "cap_min_gap"
     CAP_THIRD_PARTY = "cap_third_party"
+    NOT_DUE = "not_due"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    PERMANENT_FAILURE = "permanent_failure"
+    RENDER_ERROR = "render_error"
 
 
 class Verdict(StrEnum):
@@ -280,6 +284,7 @@ class SuppressedContact:
     window_end: datetime
     reason: Reason
     detail: str
+    contact_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

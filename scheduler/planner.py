@@ -38,7 +38,7 @@ from scheduler.models import (
     contact_id,
 )
 
-__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on"]
+__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on", "sla_deadline"]
 
 #: How many days past its nominal day a first-24h contact is searched for an allowed time
 #: (a CN National Day week of holidays plus a weekend fits).
@@ -307,9 +307,7 @@ class _AccountDays:
         return self._no_time(rule, day) if c.nominal_day == day else None
 
     def _sla_deadline(self) -> datetime:
-        """24 hours after the account became overdue (00:00 local the day after due)."""
-        overdue_day = self.account.due_date + timedelta(days=1)
-        return to_utc(overdue_day, _MIDNIGHT, self.account.zone) + timedelta(hours=24)
+        return sla_deadline(self.account)
 
     def _spans(self, rule: Rule, day: date, *, clip_to_now: bool = True) -> tuple[Span, ...]:
         """Allowed spans of ``rule``'s window on ``day`` (from ``now`` unless told not to)."""
@@ -432,6 +430,9 @@ class _AccountDays:
                 window_end=to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),
                 reason=hold.reason,
                 detail=hold.sentence,
+                contact_id=contact_id(
+                    self.account.account_id, c.rule.id, self.account.due_date, c.step, c.target
+                ),
             )
         )
         if self.explain:
@@ -463,6 +464,13 @@ class _AccountDays:
     def _note_all(self, day: date, dpd: int, verdict: Verdict, text: str) -> None:
         for rule in self.policy.rule:
             self.decisions.append(Decision(rule.id, rule.channel, rule.target.value, verdict, text))
+
+
+def sla_deadline(account: Account) -> datetime:
+    """When the first-24h contact is due at the latest: 24 hours after the account became
+    overdue (00:00 borrower-local the day after the due date), in UTC."""
+    overdue_day = account.due_date + timedelta(days=1)
+    return to_utc(overdue_day, _MIDNIGHT, account.zone) + timedelta(hours=24)
 
 
 def _booking(channel: Channel, target: str, start: datetime, end: datetime) -> Booking:

@@ -6,7 +6,7 @@ types of ``scheduler.models``. Every ``datetime`` passed in must be timezone-awa
 one raises ``ValueError``); every one returned is aware UTC.
 
 Errors: anything the database or driver raises is mapped to ``StoreError`` (with the driver's
-first line, never the SQL parameters) in ``_db_errors``; an out-of-date schema raises
+first line, never the SQL parameters) in ``db_errors``; an out-of-date schema raises
 ``SchemaBehindError`` naming the command that fixes it.
 """
 
@@ -138,7 +138,7 @@ def _known_revision(revision: str) -> bool:
 
 
 @contextmanager
-def _db_errors(action: str) -> Iterator[None]:
+def db_errors(action: str) -> Iterator[None]:
     """Map SQLAlchemy/driver/Alembic errors raised inside to ``StoreError("<action>: ...")``."""
     try:
         yield
@@ -149,7 +149,7 @@ def _db_errors(action: str) -> Iterator[None]:
         raise StoreError(f"{action}: {str(exc).splitlines()[0]}") from exc
 
 
-def _require_aware(value: datetime | None, name: str) -> None:
+def require_aware(value: datetime | None, name: str) -> None:
     if value is not None and value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware, got naive {value!r}")
 
@@ -492,7 +492,7 @@ class AccountImport:
         self.rolled_back = True
 
     def _flush(self, pending: dict[str, dict[str, Any]]) -> UpsertCounts:
-        with _db_errors("cannot import accounts"):
+        with db_errors("cannot import accounts"):
             stored = self._stored(list(pending))
             inserted = [p for key, p in pending.items() if key not in stored]
             updated = [
@@ -576,14 +576,14 @@ class Store:
 
     def current_revision(self) -> str | None:
         """The schema revision in force, or ``None`` (empty database, or migrated to base)."""
-        with _db_errors("cannot read the store's schema revision"), self._engine.connect() as c:
+        with db_errors("cannot read the store's schema revision"), self._engine.connect() as c:
             return MigrationContext.configure(c).get_current_revision()
 
     def upgrade(self) -> str:
         """Migrate the schema to head (``alembic upgrade head``) in one transaction; return
         the revision now in force. Creates the PostgreSQL schema named by ``schema=`` if
         missing. Raises ``StoreError`` if a migration fails (nothing is then changed)."""
-        with _db_errors("cannot upgrade the store schema"), self._engine.begin() as conn:
+        with db_errors("cannot upgrade the store schema"), self._engine.begin() as conn:
             self._create_pg_schema(conn)
             command.upgrade(alembic_config(conn), "head")
         return self.current_revision() or "base"
@@ -601,7 +601,7 @@ class Store:
 
     def _ensure_schema(self, upgrade_command: str) -> None:
         head = head_revision()
-        with _db_errors("cannot read the store's schema"), self._engine.connect() as conn:
+        with db_errors("cannot read the store's schema"), self._engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
             inspector = sa.inspect(conn)
             versioned = inspector.has_table("alembic_version")
@@ -644,7 +644,7 @@ class Store:
         for borrowers whose zone is a day off UTC). ``flags`` are the imported flags plus the
         ``account_flags`` in force at ``now``. Holds one connection (and, on SQLite, one read
         snapshot) until exhausted or ``close()``d. Raises ``StoreError`` while iterating."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         low = first_day - timedelta(days=max_dpd + 1)
         high = last_day + timedelta(days=days_before_due + 1)
         where = sa.and_(
@@ -666,7 +666,7 @@ class Store:
         whose ``due_date`` is one of ``due_dates`` or on or before ``due_until`` (None: no
         such range). The planner knows on which due dates a rule can fire; asking for just
         those reads a fraction of the window. Same batching, flags and errors."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         match: sa.ColumnElement[bool] = accounts.c.due_date.in_(sorted(set(due_dates)))
         if due_until is not None:
             match = sa.or_(match, accounts.c.due_date <= due_until)
@@ -680,17 +680,30 @@ class Store:
     def account(self, account_id: str, *, now: datetime) -> Account | None:
         """The account with this id in any status, flags merged as in ``candidate_accounts``,
         or ``None``. Raises ``StoreError``."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         where = accounts.c.account_id == account_id
-        with _db_errors("cannot read the account"), self._engine.connect() as conn:
+        with db_errors("cannot read the account"), self._engine.connect() as conn:
             extra = self._active_flags(conn, now, account_id)
             row = conn.execute(sa.select(*_ACCOUNT_COLUMNS).where(where)).one_or_none()
         return None if row is None else _account(row, extra.get(account_id))
 
+    def accounts_by_id(self, account_ids: Collection[str], *, now: datetime) -> dict[str, Account]:
+        """The accounts with these ids, in any status, flags merged as in
+        ``candidate_accounts``; unknown ids are absent. Raises ``StoreError``."""
+        require_aware(now, "now")
+        found: dict[str, Account] = {}
+        with db_errors("cannot read accounts"), self._engine.connect() as conn:
+            extra = self._active_flags(conn, now)
+            for ids in _chunks(account_ids):
+                stmt = sa.select(*_ACCOUNT_COLUMNS).where(accounts.c.account_id.in_(ids))
+                for row in conn.execute(stmt):
+                    found[row.account_id] = _account(row, extra.get(row.account_id))
+        return found
+
     def _accounts_where(
         self, where: sa.ColumnElement[bool], *, now: datetime, batch_size: int
     ) -> Generator[list[Account], None, None]:
-        with _db_errors("cannot read accounts"), self._engine.connect() as conn:
+        with db_errors("cannot read accounts"), self._engine.connect() as conn:
             extra = self._active_flags(conn, now)
             stmt = sa.select(*_ACCOUNT_COLUMNS).where(where).order_by(accounts.c.account_id)
             with conn.execution_options(yield_per=batch_size).execute(stmt) as result:
@@ -730,8 +743,8 @@ class Store:
         """One transaction for a streamed import: ``with store.importing(now=...) as imp:``
         then ``imp.add(batch)`` any number of times. Commits when the block ends, unless
         ``imp.rollback()`` was called or an exception escapes (then nothing is written)."""
-        _require_aware(now, "now")
-        with _db_errors("cannot import accounts"), self._engine.connect() as conn:
+        require_aware(now, "now")
+        with db_errors("cannot import accounts"), self._engine.connect() as conn:
             transaction = conn.begin()
             imp = AccountImport(conn, now, batch_size)
             try:
@@ -753,12 +766,12 @@ class Store:
         contacts performed at or after ``since`` (status sent or failed, or carrying an
         outcome), oldest first, and every pending promise, earliest promised date first.
         Accounts with neither are absent. Raises ``StoreError``."""
-        _require_aware(since, "since")
+        require_aware(since, "since")
         if account_ids is not None and not account_ids:
             return {}
         found_contacts: defaultdict[str, list[PastContact]] = defaultdict(list)
         found_promises: defaultdict[str, list[Promise]] = defaultdict(list)
-        with _db_errors("cannot read contact history"), self._engine.connect() as conn:
+        with db_errors("cannot read contact history"), self._engine.connect() as conn:
             for where in self._id_filters(account_ids):
                 for row in conn.execute(self._performed_query(since, where)):
                     found_contacts[row.account_id].append(_past_contact(row))
@@ -821,7 +834,7 @@ class Store:
     ) -> None:
         """Append one event to the audit log (never updated or deleted). ``detail`` is
         stored as JSON (non-JSON values as their ``str``). Raises ``StoreError``."""
-        _require_aware(at, "at")
+        require_aware(at, "at")
         row = {
             "at": at,
             "kind": kind,
@@ -840,8 +853,8 @@ class Store:
         """Record ``contact`` as performed: status ``failed`` if its outcome is FAILED, else
         ``sent``; ``performed_at = contact.at``. For seeding history (tests, benches, agents'
         results). Raises ``StoreError`` (unknown account, duplicate contact_id)."""
-        _require_aware(contact.at, "contact.at")
-        _require_aware(now, "now")
+        require_aware(contact.at, "contact.at")
+        require_aware(now, "now")
         row = {
             "contact_id": contact_id,
             "account_id": contact.account_id,
@@ -867,7 +880,7 @@ class Store:
     def add_promise(self, promise: Promise, *, now: datetime) -> None:
         """Record a promise to pay (closed at ``now`` unless pending). Raises ``StoreError``
         (unknown account, amount with more than four decimal places)."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         row = {
             "account_id": promise.account_id,
             "amount": promise.amount,
@@ -891,8 +904,8 @@ class Store:
         """Put ``flag`` on the account from ``since`` until ``until`` (``None``: until
         lifted). Raises ``ValueError`` if ``until <= since``; ``StoreError`` for an unknown
         account or the same (account, flag, since) twice."""
-        _require_aware(since, "since")
-        _require_aware(until, "until")
+        require_aware(since, "since")
+        require_aware(until, "until")
         if until is not None and until <= since:
             raise ValueError("until must be later than since")
         row = {
@@ -906,7 +919,7 @@ class Store:
         self._insert(account_flags, row, "cannot add the flag")
 
     def _insert(self, table: sa.Table, row: Mapping[str, object], action: str) -> None:
-        with _db_errors(action), self._engine.begin() as conn:
+        with db_errors(action), self._engine.begin() as conn:
             conn.execute(table.insert(), dict(row))
 
 

@@ -30,12 +30,14 @@ __all__ = [
     "AccountRow",
     "AuditRow",
     "ContactRow",
+    "DaemonStateRow",
     "PromiseRow",
     "ScaledDecimal",
     "account_flags",
     "accounts",
     "audit_log",
     "contacts",
+    "daemon_state",
     "from_stored",
     "metadata",
     "promises",
@@ -130,6 +132,7 @@ class ContactRow(SQLModel, table=True):
         sa.Index("ix_contacts_account_performed", "account_id", "performed_at"),
         sa.Index("ix_contacts_status_next_attempt", "status", "next_attempt_at"),
         sa.Index("ix_contacts_performed_at", "performed_at"),
+        sa.Index("ix_contacts_status_window_end", "status", "window_end"),
         sa.CheckConstraint(_in("status", CONTACT_STATUSES), name="ck_contacts_status"),
     )
 
@@ -156,6 +159,8 @@ class ContactRow(SQLModel, table=True):
     policy_version: str | None = None
     created_at: datetime
     updated_at: datetime
+    provider_ref: str | None = None
+    last_error: str | None = None
 
 
 class PromiseRow(SQLModel, table=True):
@@ -209,8 +214,22 @@ class AuditRow(SQLModel, table=True):
     detail: str = Field(default="{}", sa_type=sa.Text)
 
 
+class DaemonStateRow(SQLModel, table=True):
+    """The daemon's own bookkeeping, one row per name: ``tick.plan`` (last plan tick),
+    ``tick.dispatch``, ``tick.watch``, ``planned_through`` (last borrower-local day the plan
+    was materialised for). ``owner`` is the daemon instance that wrote it."""
+
+    __tablename__ = "daemon_state"
+
+    name: str = Field(primary_key=True)
+    value: str
+    owner: str
+    updated_at: datetime
+
+
 accounts = metadata.tables["accounts"]
 contacts = metadata.tables["contacts"]
 promises = metadata.tables["promises"]
 account_flags = metadata.tables["account_flags"]
 audit_log = metadata.tables["audit_log"]
+daemon_state = metadata.tables["daemon_state"]

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from scheduler.store import Store, drop_schema
 
 PG_URL = os.environ.get("REMIND_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
-TABLES = ("audit_log", "account_flags", "promises", "contacts", "accounts")
+TABLES = ("daemon_state", "audit_log", "account_flags", "promises", "contacts", "accounts")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 

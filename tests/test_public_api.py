@@ -20,8 +20,22 @@ MODULES = {
         "StoreError",
         "TransientChannelError",
     },
-    "scheduler.planner": {"FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on"},
-    "scheduler.config": {"DEFAULT_LOCATIONS", "Settings", "find_config", "load_settings"},
+    "scheduler.planner": {
+        "FIRST_CONTACT_SEARCH_DAYS",
+        "plan",
+        "plan_account",
+        "rules_on",
+        "sla_deadline",
+    },
+    "scheduler.config": {
+        "DEFAULT_LOCATIONS",
+        "ChannelSettings",
+        "DaemonSettings",
+        "Settings",
+        "find_config",
+        "load_settings",
+    },
+    "scheduler.queue": {"ContactQueue", "QueuedContact", "Settlement", "StateEntry"},
 }
 
 

@@ -1,0 +1,66 @@
+"""What a plan needs from the store: the accounts that can have a contact in a horizon,
+and as much of their history as the policies' caps and conditions look back on. Shared by
+``remind dry-run``/``explain`` and the daemon's plan tick."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from policies import PolicySet
+from scheduler.errors import RemindError
+from scheduler.models import Account, AccountHistory, Horizon
+from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, rules_on
+from scheduler.store import Store
+
+__all__ = ["due_dates_for", "history_since", "load_for_plan"]
+
+
+def history_since(policies: PolicySet, first_day: date) -> datetime:
+    """How far back history matters to the caps and conditions of ``policies``."""
+    days = FIRST_CONTACT_SEARCH_DAYS  # a moved first contact may have been made this far back
+    for policy in policies.policies:
+        caps = policy.caps
+        days = max(
+            days,
+            caps.conversation_cooldown_days,
+            caps.third_party_every_days,
+            *(r.unreached_days for r in policy.rule),
+        )
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
+    return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
+
+
+def due_dates_for(policies: PolicySet, horizon: Horizon) -> tuple[set[date], date]:
+    """The due dates on which some rule of ``policies`` fires in ``horizon`` (DPD is the
+    borrower-local day minus the due date, so this is exact), and the latest due date of
+    accounts past the hand-over line."""
+    dates: set[date] = set()
+    min_handover = min(p.handover.min_dpd for p in policies.policies)
+    for policy in policies.policies:
+        earliest = min((r.first_dpd for r in policy.rule), default=0)
+        for dpd in range(earliest, policy.handover.min_dpd):
+            if rules_on(policies, policy, dpd):
+                dates.update(
+                    horizon.first_day + timedelta(days=k) - timedelta(days=dpd)
+                    for k in range(horizon.days)
+                )
+    return dates, horizon.last_day - timedelta(days=min_handover)
+
+
+def load_for_plan(
+    store: Store, policies: PolicySet, horizon: Horizon, now: datetime, account_id: str | None
+) -> tuple[list[Account], dict[str, AccountHistory]]:
+    """The accounts that can have a contact in ``horizon``, and their history."""
+    since = history_since(policies, horizon.first_day)
+    if account_id is not None:
+        account = store.account(account_id, now=now)
+        if account is None:
+            raise RemindError(f"no account {account_id!r} in the store")
+        return [account], store.history([account_id], since=since)
+    due_dates, handover_until = due_dates_for(policies, horizon)
+    accounts = [
+        a
+        for batch in store.accounts_due_on(due_dates, due_until=handover_until, now=now)
+        for a in batch
+    ]
+    return accounts, store.history(None, since=since)

@@ -1,0 +1,544 @@
+"""The contacts table as the daemon's work queue: materialise, claim, settle, release.
+
+A contact row moves through these statuses, and only these::
+
+    planned --claim--> claimed --settle--> sent | skipped | missed | failed
+       ^                  |
+       +------ settle (retry later, or moved to a later window) / release / lease expiry
+
+* ``materialise`` inserts the plan's contacts as ``planned`` (``next_attempt_at`` = window
+  start). The primary key is the stable contact id, so re-planning never duplicates a row
+  and never touches one that exists.
+* ``claim_due`` hands a caller up to ``limit`` contacts of one channel whose next attempt is
+  due, or whose lease has expired (their holder died), and leases them to ``owner`` until
+  ``now + lease_seconds``. On PostgreSQL the rows are picked ``FOR UPDATE SKIP LOCKED``, so
+  concurrent claimers never get the same row; SQLite serialises writers.
+* ``settle`` records each outcome **and** releases the lease in one transaction, together
+  with its audit events. A settlement for a row whose lease is no longer ours (it expired
+  and someone else claimed it) changes nothing.
+
+Call tasks of the ``call_queue`` channel stay ``sent`` (handed to the agents' queue) until an
+agent takes one (``next_call``) and records its outcome (``record_call_outcome``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from scheduler.models import Channel, Outcome, PlannedContact, SuppressedContact
+from scheduler.store import Store, db_errors, require_aware
+from scheduler.tables import audit_log, contacts, daemon_state
+
+__all__ = ["ContactQueue", "QueuedContact", "Settlement", "StateEntry"]
+
+#: Statuses a contact can be settled to; ``planned`` puts it back in the queue.
+SETTLED = ("sent", "skipped", "missed", "failed", "planned")
+_PERFORMED = frozenset({"sent", "failed"})
+_CALL_LEASE = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedContact:
+    """A contact row as the dispatcher sees it. Times are aware UTC."""
+
+    contact_id: str
+    account_id: str
+    channel: Channel
+    rule: str
+    target: str
+    due_date: date | None
+    window_start: datetime
+    window_end: datetime
+    template: str
+    priority: int
+    sla_risk: bool
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one claimed contact.
+
+    ``status`` is one of ``SETTLED``. For ``planned`` (try again), ``next_attempt_at`` says
+    when, and ``window`` the new window when the re-check moved the contact. ``event`` is
+    the audit event's kind (``sent``, ``skipped``, ``missed``, ``failed``, ``retry``,
+    ``moved``); ``sla_breach`` adds a ``sla_breach`` audit event.
+    """
+
+    contact_id: str
+    account_id: str
+    status: str
+    event: str
+    attempts: int
+    reason: str | None = None
+    next_attempt_at: datetime | None = None
+    window: tuple[datetime, datetime] | None = None
+    provider_ref: str | None = None
+    error: str | None = None
+    sla_breach: bool = False
+    rule: str = ""
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    value: str
+    owner: str
+    updated_at: datetime
+
+
+_C = contacts.c
+_QUEUED_COLUMNS = (
+    _C.contact_id, _C.account_id, _C.channel, _C.rule, _C.target, _C.due_date,
+    _C.window_start, _C.window_end, _C.template, _C.priority, _C.sla_risk, _C.attempts,
+)  # fmt: skip
+
+
+def _queued(row: Any) -> QueuedContact:
+    return QueuedContact(
+        contact_id=row.contact_id,
+        account_id=row.account_id,
+        channel=Channel(row.channel),
+        rule=row.rule,
+        target=row.target,
+        due_date=row.due_date,
+        window_start=row.window_start,
+        window_end=row.window_end,
+        template=row.template,
+        priority=row.priority,
+        sla_risk=bool(row.sla_risk),
+        attempts=row.attempts,
+    )
+
+
+class ContactQueue:
+    """The work-queue operations on ``store``'s contacts table (see the module docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._engine = store.engine
+
+    # -- planning --
+
+    def materialise(
+        self,
+        planned: Iterable[PlannedContact],
+        missed: Iterable[SuppressedContact] = (),
+        *,
+        now: datetime,
+        policy_version: str,
+    ) -> tuple[int, int]:
+        """Insert ``planned`` contacts as ``planned`` and ``missed`` ones (suppressed because
+        their window passed while nobody planned them) as ``missed``, skipping every id that
+        already has a row. One transaction; returns (planned, missed) rows inserted, each
+        with an audit event. Raises ``StoreError``."""
+        require_aware(now, "now")
+        rows = [_planned_row(c, now, policy_version) for c in planned]
+        rows += [_missed_row(c, now, policy_version) for c in missed if c.contact_id]
+        if not rows:
+            return 0, 0
+        with db_errors("cannot materialise the plan"), self._engine.begin() as conn:
+            inserted: set[str] = set()
+            insert = _insert_ignoring_duplicates(conn)
+            for start in range(0, len(rows), 2_000):
+                part = rows[start : start + 2_000]
+                result = conn.execute(insert.returning(_C.contact_id), part)
+                inserted.update(r[0] for r in result)
+            new = [r for r in rows if r["contact_id"] in inserted]
+            _audit(conn, [_planned_event(r, now) for r in new])
+        missed_count = sum(1 for r in new if r["status"] == "missed")
+        return len(new) - missed_count, missed_count
+
+    # -- dispatch --
+
+    def claim_due(
+        self, channel: Channel, owner: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[QueuedContact]:
+        """Lease to ``owner`` up to ``limit`` contacts on ``channel`` that are ``planned``
+        with ``next_attempt_at <= now``, or ``claimed`` with an expired lease; highest
+        priority first, then the earliest due. Returns them (attempt counts as stored: a
+        caller adds its own attempts). Raises ``StoreError``."""
+        require_aware(now, "now")
+        due = sa.or_(
+            sa.and_(_C.status == "planned", _C.next_attempt_at <= now),
+            sa.and_(_C.status == "claimed", _C.lease_until < now),
+        )
+        pick = (
+            sa.select(_C.contact_id)
+            .where(_C.channel == channel.value, due)
+            .order_by(_C.priority.desc(), _C.next_attempt_at)
+            .limit(limit)
+        )
+        if self._store.backend == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            contacts.update()
+            .where(_C.contact_id.in_(pick.scalar_subquery()))
+            .values(
+                status="claimed",
+                lease_owner=owner,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(*_QUEUED_COLUMNS)
+        )
+        with db_errors("cannot claim contacts"), self._engine.begin() as conn:
+            return [_queued(row) for row in conn.execute(stmt)]
+
+    def settle(
+        self, owner: str, settlements: Sequence[Settlement], *, now: datetime, policy_version: str
+    ) -> int:
+        """Record ``settlements`` and release their leases in one transaction, with one audit
+        event each. Rows no longer leased to ``owner`` are left alone. Returns how many rows
+        changed. Raises ``StoreError`` (then nothing is recorded)."""
+        require_aware(now, "now")
+        if not settlements:
+            return 0
+        b = sa.bindparam
+        stmt = (
+            contacts.update()
+            .where(_C.contact_id == b("cid"), _C.lease_owner == b("owner"))
+            .values(
+                status=b("new_status"),
+                reason=b("new_reason"),
+                attempts=b("new_attempts"),
+                next_attempt_at=b("new_next"),
+                window_start=sa.func.coalesce(b("new_start", type_=_C.window_start.type),
+                                              _C.window_start),
+                window_end=sa.func.coalesce(b("new_end", type_=_C.window_end.type),
+                                            _C.window_end),
+                provider_ref=sa.func.coalesce(b("new_ref", type_=sa.String()), _C.provider_ref),
+                last_error=b("new_error"),
+                performed_at=b("new_performed"),
+                lease_owner=None,
+                lease_until=None,
+                updated_at=now,
+            )
+        )  # fmt: skip
+        params = [_settle_params(s, owner, now) for s in settlements]
+        events = [e for s in settlements for e in _settle_events(s, now, policy_version)]
+        with db_errors("cannot record contact outcomes"), self._engine.begin() as conn:
+            changed = conn.execute(stmt, params).rowcount
+            _audit(conn, events)
+        return changed
+
+    def release(self, owner: str, *, now: datetime) -> int:
+        """Put every contact leased to ``owner`` back in the queue (shutdown); returns how many."""
+        return self._release(_C.lease_owner == owner, now)
+
+    def release_all(self, *, now: datetime) -> int:
+        """Put every claimed contact back (a single-instance store starting after a crash:
+        nobody else can hold a lease). Returns how many."""
+        return self._release(sa.true(), now)
+
+    def _release(self, where: sa.ColumnElement[bool], now: datetime) -> int:
+        stmt = (
+            contacts.update()
+            .where(_C.status == "claimed", where)
+            .values(status="planned", lease_owner=None, lease_until=None, updated_at=now)
+        )
+        with db_errors("cannot release contacts"), self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    # -- watch and status --
+
+    def open_first_contacts(self, rules: Collection[str]) -> list[QueuedContact]:
+        """Contacts of the first-24h ``rules`` not yet made (planned or claimed)."""
+        if not rules:
+            return []
+        stmt = sa.select(*_QUEUED_COLUMNS).where(
+            _C.rule.in_(sorted(rules)), _C.status.in_(("planned", "claimed"))
+        )
+        with db_errors("cannot read contacts"), self._engine.connect() as conn:
+            return [_queued(row) for row in conn.execute(stmt)]
+
+    def audited(self, kind: str, contact_ids: Collection[str]) -> set[str]:
+        """Which of ``contact_ids`` already have an audit event of ``kind``."""
+        found: set[str] = set()
+        ids = sorted(contact_ids)
+        with db_errors("cannot read the audit log"), self._engine.connect() as conn:
+            for start in range(0, len(ids), 5_000):
+                stmt = sa.select(audit_log.c.contact_id).where(
+                    audit_log.c.kind == kind, audit_log.c.contact_id.in_(ids[start : start + 5_000])
+                )
+                found.update(row[0] for row in conn.execute(stmt))
+        return found
+
+    def record_events(self, events: Sequence[Mapping[str, Any]], *, now: datetime) -> None:
+        """Append audit events (``kind``, ``account_id``, ``contact_id``, ``rule``, ``channel``,
+        ``detail``) at ``now``."""
+        rows = [
+            {
+                "at": now,
+                "kind": e["kind"],
+                "account_id": e.get("account_id"),
+                "contact_id": e.get("contact_id"),
+                "rule": e.get("rule"),
+                "channel": e.get("channel"),
+                "policy_version": e.get("policy_version"),
+                "detail": json.dumps(dict(e.get("detail", {})), sort_keys=True, default=str),
+            }
+            for e in events
+        ]
+        with db_errors("cannot write the audit log"), self._engine.begin() as conn:
+            _audit(conn, rows)
+
+    def depth(self) -> dict[tuple[str, str], int]:
+        """Contacts by (channel, status), every status."""
+        stmt = sa.select(_C.channel, _C.status, sa.func.count()).group_by(_C.channel, _C.status)
+        with db_errors("cannot read the queue"), self._engine.connect() as conn:
+            return {(ch, st): n for ch, st, n in conn.execute(stmt)}
+
+    def events_since(self, kinds: Collection[str], since: datetime) -> dict[str, int]:
+        """Audit events of ``kinds`` at or after ``since``, counted by kind."""
+        a = audit_log.c
+        stmt = (
+            sa.select(a.kind, sa.func.count())
+            .where(a.kind.in_(sorted(kinds)), a.at >= since)
+            .group_by(a.kind)
+        )
+        with db_errors("cannot read the audit log"), self._engine.connect() as conn:
+            return {kind: n for kind, n in conn.execute(stmt)}
+
+    # -- daemon state --
+
+    def set_state(self, values: Mapping[str, str], *, owner: str, now: datetime) -> None:
+        """Upsert the daemon-state ``values`` (name -> value) as written by ``owner``."""
+        require_aware(now, "now")
+        rows = [
+            {"name": k, "value": v, "owner": owner, "updated_at": now} for k, v in values.items()
+        ]
+        if self._store.backend == "postgresql":
+            pg = postgresql.insert(daemon_state)
+            stmt: Any = pg.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"value": pg.excluded.value, "owner": pg.excluded.owner,
+                      "updated_at": pg.excluded.updated_at},
+            )  # fmt: skip
+        else:
+            lite = sqlite.insert(daemon_state)
+            stmt = lite.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"value": lite.excluded.value, "owner": lite.excluded.owner,
+                      "updated_at": lite.excluded.updated_at},
+            )  # fmt: skip
+        with db_errors("cannot write the daemon state"), self._engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def state(self) -> dict[str, StateEntry]:
+        """Every daemon-state entry by name."""
+        d = daemon_state.c
+        with db_errors("cannot read the daemon state"), self._engine.connect() as conn:
+            return {
+                row.name: StateEntry(row.value, row.owner, row.updated_at)
+                for row in conn.execute(sa.select(d.name, d.value, d.owner, d.updated_at))
+            }
+
+    # -- the agents' call queue --
+
+    def next_call(self, agent: str, *, now: datetime) -> QueuedContact | None:
+        """Give ``agent`` the most urgent call task it may make now: queued (``sent``
+        through ``call_queue``), no outcome yet, window open at ``now``, and not held by
+        another agent in the last 15 minutes. The agent keeps it until it records the
+        outcome or 15 minutes pass. Returns ``None`` when there is nothing to call."""
+        require_aware(now, "now")
+        free = sa.or_(_C.lease_until.is_(None), _C.lease_until < now, _C.lease_owner == agent)
+        pick = (
+            sa.select(_C.contact_id)
+            .where(
+                _C.channel == Channel.CALL.value,
+                _C.status == "sent",
+                _C.outcome.is_(None),
+                _C.provider_ref.like("queue:%"),
+                _C.window_start <= now,
+                _C.window_end > now,
+                free,
+            )
+            .order_by(_C.priority.desc(), _C.window_end)
+            .limit(1)
+        )
+        if self._store.backend == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            contacts.update()
+            .where(_C.contact_id.in_(pick.scalar_subquery()))
+            .values(lease_owner=agent, lease_until=now + _CALL_LEASE, updated_at=now)
+            .returning(*_QUEUED_COLUMNS)
+        )
+        with db_errors("cannot take a call task"), self._engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _queued(row)
+
+    def open_calls(self, *, now: datetime) -> list[QueuedContact]:
+        """Queued call tasks without an outcome whose window has not ended, most urgent first."""
+        stmt = (
+            sa.select(*_QUEUED_COLUMNS)
+            .where(
+                _C.channel == Channel.CALL.value,
+                _C.status == "sent",
+                _C.outcome.is_(None),
+                _C.provider_ref.like("queue:%"),
+                _C.window_end > now,
+            )
+            .order_by(_C.priority.desc(), _C.window_end, _C.contact_id)
+        )
+        with db_errors("cannot read call tasks"), self._engine.connect() as conn:
+            return [_queued(row) for row in conn.execute(stmt)]
+
+    def record_call_outcome(
+        self, contact_id: str, outcome: Outcome, *, agent: str, now: datetime, note: str = ""
+    ) -> bool:
+        """Record what came of a call task: its outcome, performed at ``now``; releases the
+        agent's hold. Returns False when there is no such call task or it already has an
+        outcome (an outcome is recorded once)."""
+        require_aware(now, "now")
+        stmt = (
+            contacts.update()
+            .where(
+                _C.contact_id == contact_id,
+                _C.channel == Channel.CALL.value,
+                _C.status == "sent",
+                _C.outcome.is_(None),
+            )
+            .values(outcome=outcome.value, performed_at=now, lease_owner=None,
+                    lease_until=None, updated_at=now)
+            .returning(_C.account_id, _C.rule)
+        )  # fmt: skip
+        with db_errors("cannot record the call outcome"), self._engine.begin() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return False
+            _audit(conn, [{
+                "at": now, "kind": "outcome", "account_id": row.account_id,
+                "contact_id": contact_id, "rule": row.rule, "channel": Channel.CALL.value,
+                "policy_version": None,
+                "detail": json.dumps({"outcome": outcome.value, "agent": agent, "note": note}),
+            }])  # fmt: skip
+        return True
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _insert_ignoring_duplicates(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
+    return sqlite.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
+
+
+def _planned_row(c: PlannedContact, now: datetime, version: str) -> dict[str, Any]:
+    return {
+        "contact_id": c.contact_id,
+        "account_id": c.account_id,
+        "channel": c.channel.value,
+        "rule": c.rule,
+        "target": c.target,
+        "due_date": c.due_date,
+        "step": c.step,
+        "window_start": c.window_start,
+        "window_end": c.window_end,
+        "template": c.template,
+        "priority": c.priority,
+        "sla_risk": c.sla_risk,
+        "status": "planned",
+        "reason": None,
+        "next_attempt_at": c.window_start,
+        "policy_version": version,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _missed_row(c: SuppressedContact, now: datetime, version: str) -> dict[str, Any]:
+    return {
+        "contact_id": c.contact_id,
+        "account_id": c.account_id,
+        "channel": c.channel.value,
+        "rule": c.rule,
+        "target": c.target,
+        "due_date": None,
+        "step": 0,
+        "window_start": c.window_start,
+        "window_end": c.window_end,
+        "template": "",
+        "priority": 0,
+        "sla_risk": False,
+        "status": "missed",
+        "reason": c.reason.value,
+        "next_attempt_at": None,
+        "policy_version": version,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _planned_event(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    detail = {
+        "window_start": row["window_start"].isoformat(),
+        "window_end": row["window_end"].isoformat(),
+        "sla_risk": row["sla_risk"],
+        "reason": row["reason"],
+    }
+    return {
+        "at": now,
+        "kind": "planned" if row["status"] == "planned" else "missed",
+        "account_id": row["account_id"],
+        "contact_id": row["contact_id"],
+        "rule": row["rule"],
+        "channel": row["channel"],
+        "policy_version": row["policy_version"],
+        "detail": json.dumps(detail, sort_keys=True),
+    }
+
+
+def _settle_params(s: Settlement, owner: str, now: datetime) -> dict[str, Any]:
+    if s.status not in SETTLED:
+        raise ValueError(f"cannot settle a contact to {s.status!r}")
+    start, end = s.window if s.window else (None, None)
+    return {
+        "cid": s.contact_id,
+        "owner": owner,
+        "new_status": s.status,
+        "new_reason": s.reason,
+        "new_attempts": s.attempts,
+        "new_next": s.next_attempt_at if s.status == "planned" else None,
+        "new_start": start,
+        "new_end": end,
+        "new_ref": s.provider_ref,
+        "new_error": s.error,
+        "new_performed": now if s.status in _PERFORMED else None,
+    }
+
+
+def _settle_events(s: Settlement, now: datetime, version: str) -> list[dict[str, Any]]:
+    detail: dict[str, Any] = {"attempts": s.attempts}
+    for key in ("reason", "provider_ref", "error"):
+        if getattr(s, key):
+            detail[key] = getattr(s, key)
+    if s.next_attempt_at and s.status == "planned":
+        detail["next_attempt_at"] = s.next_attempt_at.isoformat()
+    base = {
+        "at": now,
+        "account_id": s.account_id,
+        "contact_id": s.contact_id,
+        "rule": s.rule or None,
+        "channel": s.channel or None,
+        "policy_version": version,
+    }
+    events = [{**base, "kind": s.event, "detail": json.dumps(detail, sort_keys=True)}]
+    if s.sla_breach:
+        events.append({**base, "kind": "sla_breach", "detail": json.dumps(detail, sort_keys=True)})
+    return events
+
+
+def _audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(audit_log.insert(), list(rows))
