@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 from channels.base import Channel
+from channels.call_queue import CallQueueChannel
 from channels.outbox import OutboxChannel
 from channels.recording import RecordingChannel
 from scheduler.errors import ConfigError
@@ -18,6 +19,7 @@ ENTRY_POINT_GROUP = "remind.channels"
 Factory = Callable[..., Channel]
 
 BUILTIN: Mapping[str, Factory] = {
+    "call_queue": CallQueueChannel,
     "outbox": OutboxChannel,
     "recording": RecordingChannel,
 }

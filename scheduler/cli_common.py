@@ -4,6 +4,7 @@ and the mapping of remind's errors to exit codes and one clear line on stderr.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -14,7 +15,14 @@ from rich.console import Console
 from scheduler.config import Settings, load_settings
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 
-__all__ = ["ConfigOption", "err_console", "exits_cleanly", "settings_from"]
+__all__ = [
+    "ConfigOption",
+    "NowOption",
+    "err_console",
+    "exits_cleanly",
+    "now_from",
+    "settings_from",
+]
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -27,12 +35,26 @@ ConfigOption = Annotated[
     ),
 ]
 
+NowOption = Annotated[
+    datetime | None,
+    typer.Option("--now", hidden=True, help="Pretend it is this instant (ISO 8601, with offset)."),
+]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Exit codes: 0 ok, 1 done with rejected input, 2 invalid config/policy/usage, 3 store problem.
 EXIT_INVALID = 2
 EXIT_STORE = 3
+
+
+def now_from(pinned: datetime | None) -> datetime:
+    """The instant a command works at: the real clock, or ``--now`` (aware, as UTC)."""
+    if pinned is None:
+        return datetime.now(UTC)
+    if pinned.tzinfo is None:
+        raise typer.BadParameter("--now needs a UTC offset, e.g. 2026-11-23T20:00:00+08:00")
+    return pinned.astimezone(UTC)
 
 
 def settings_from(config: Path | None) -> Settings:

@@ -1,0 +1,91 @@
+"""Logs as data: structlog JSON lines on stdout (journald keeps them), PII masked.
+
+One event per decision and attempt (``contact.settled`` with contact id, account id, rule,
+channel, outcome), one per tick. ``mask_pii`` is a plain structlog processor: values of
+keys that name a person or an address are masked, and any phone number or email address
+found in any other string value is masked too, so a provider's error text that echoes the
+number does not leak it. Names are never logged; if one reaches a log event under
+``name``/``borrower`` it shows its first character only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "mask_email", "mask_phone", "mask_pii"]
+
+_PHONE = re.compile(r"\+?\d[\d \-]{6,}\d")
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_PERSON_KEYS = frozenset({"name", "borrower", "borrower_name"})
+_ADDRESS_KEYS = frozenset({"to", "phone", "email", "target", "recipient"})
+
+
+def mask_phone(text: str) -> str:
+    """``+8613812345678`` -> ``+86…5678``: country prefix and last four digits only."""
+    digits = re.sub(r"\D", "", text)
+    if len(digits) < 7:
+        return "…"
+    return f"{'+' if text.startswith('+') else ''}{digits[:2]}…{digits[-4:]}"
+
+
+def mask_email(text: str) -> str:
+    """``wang.wei@example.com`` -> ``w…@example.com``."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)}…@{m.group(2)}", text)
+
+
+def _mask_text(text: str) -> str:
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), mask_email(text))
+
+
+def mask_pii(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask names, phone numbers and email addresses in ``event``."""
+    for key, value in event.items():
+        if not isinstance(value, str) or key == "timestamp":
+            continue
+        if key in _PERSON_KEYS:
+            event[key] = value[:1] + "…" if value else value
+        elif key in _ADDRESS_KEYS and value.startswith("+"):
+            event[key] = mask_phone(value)
+        elif key in ("contact_id", "account_id", "rule", "channel", "level", "logger"):
+            continue
+        else:
+            event[key] = _mask_text(value)
+    return event
+
+
+def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
+    """JSON lines on ``stream`` (stdout), ISO timestamps in UTC, PII masked; the standard
+    library's loggers (APScheduler, httpx) go through the same renderer at WARNING."""
+    stream = stream or sys.stdout
+    numeric = logging.getLevelName(level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_pii,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.JSONRenderer(ensure_ascii=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=structlog.processors.JSONRenderer(ensure_ascii=False),
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
