@@ -23,9 +23,11 @@ from scheduler.cli_common import (
 )
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
+from scheduler.errors import PolicyError
 from scheduler.models import Account, AccountHistory, Horizon, Plan
 from scheduler.planner import plan
 from scheduler.planning import load_for_plan
+from scheduler.render import Templates, check_templates, template_dirs
 from scheduler.report import (
     print_decisions,
     print_summary,
@@ -203,18 +205,36 @@ def policy_check(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Validate a policy directory; list every problem with file, key and line. Exit 0 or 2."""
-    if directory is None:
-        directory = settings_from(config).policy_dir
-    problems = check_policies(directory.resolve())
+    """Validate a policy directory and render every template its rules use, in every language,
+    for a sample account; list every problem with file, key and line. Exit 0 or 2."""
+    if directory is None or config is not None:
+        settings = settings_from(config)
+        directory = directory or settings.policy_dir
+        lender, language = settings.lender_name, settings.default_language
+    else:  # `remind policy check DIR` needs no config file; config.toml's defaults then
+        lender, language = "Your lender", "en"
+    folder = directory.resolve()
+    problems = check_policies(folder)
+    languages: tuple[str, ...] = ()
+    if not problems:
+        policies = load_policies(folder)
+        try:
+            templates = Templates.load(template_dirs(folder), default_language=language)
+        except PolicyError as exc:
+            problems = list(exc.problems)
+        else:
+            languages = templates.languages
+            problems = check_templates(policies, templates, lender_name=lender, languages=languages)
     if problems:
         err_console.print(f"[bold red]{len(problems)} problem(s) in {directory}:[/]")
         for problem in problems:
             err_console.print(f"  {problem}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID)
-    policies = load_policies(directory.resolve())
     names = ", ".join(p.policy.name for p in policies.policies)
-    Console().print(f"OK: {directory} ({names}), version {policies.version}")
+    Console().print(
+        f"OK: {directory} ({names}), version {policies.version}; "
+        f"templates rendered in {', '.join(languages)}"
+    )
 
 
 def main() -> None:
