@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ class OutboxChannel:
         self.path = path
         self._clock = clock or (lambda: datetime.now(UTC))
         self._seen: set[str] | None = None
+        self._lock = threading.Lock()  # the dispatcher sends from several threads
 
     def _known(self) -> set[str]:
         if self._seen is None:
@@ -39,6 +41,11 @@ class OutboxChannel:
         return self._seen
 
     def send(self, message: Message) -> Receipt:
+        with self._lock:
+            self._append_once(message)
+        return Receipt(message.contact_id, f"outbox:{message.contact_id}", self._clock())
+
+    def _append_once(self, message: Message) -> None:
         known = self._known()
         if message.contact_id not in known:
             record = {
@@ -60,4 +67,3 @@ class OutboxChannel:
             except OSError as exc:
                 raise PermanentChannelError(f"outbox {self.path}: {exc.strerror}") from exc
             known.add(message.contact_id)
-        return Receipt(message.contact_id, f"outbox:{message.contact_id}", self._clock())

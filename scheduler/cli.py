@@ -21,6 +21,7 @@ from scheduler.cli_common import (
     exits_cleanly,
     settings_from,
 )
+from scheduler.cli_daemon import calls_app, run, status
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
 from scheduler.errors import PolicyError
@@ -50,7 +51,10 @@ policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(policy_app, name="policy")
+app.add_typer(calls_app, name="calls")
 app.command("sample-portfolio")(sample_portfolio)
+app.command("run")(run)
+app.command("status")(status)
 
 NowOption = Annotated[
     datetime | None,
@@ -239,3 +243,7 @@ def policy_check(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

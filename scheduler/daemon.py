@@ -1,0 +1,407 @@
+"""``remind run``: the ticks, the signals, and systemd's notify protocol.
+
+APScheduler only drives ticks; the schedule itself is the contacts table.
+
+* **plan** (every ``plan_every_seconds``, and at start): plan the borrower-local days from
+  the last day already planned (catch-up after downtime) through ``plan_days`` ahead, and
+  materialise the result: planned contacts as ``planned`` rows, contacts whose window
+  passed while nobody planned them as ``missed``. Ids are stable, so this is idempotent.
+* **dispatch** (every ``dispatch_every_seconds``, one job per channel): see
+  ``scheduler.dispatcher``. A job keeps going while contacts are due.
+* **watch** (every ``watch_every_seconds``): first-24h contacts still unsent at their
+  deadline are recorded as SLA breaches (once each); queue gauges; the daemon-state row.
+
+Signals: SIGTERM/SIGINT stop claiming, let in-flight sends finish for up to
+``drain_seconds``, release what is left, and exit 0. SIGHUP reloads config.toml's policy
+directory and the templates; an invalid reload is logged with file, key and line and the
+previous rulebook stays in force.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as JobPool
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from channels.registry import factory
+from policies import load_policies
+from scheduler.config import Settings
+from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
+from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
+from scheduler.metrics import Metrics
+from scheduler.models import Channel, Horizon, Reason
+from scheduler.notify import Notifier
+from scheduler.planner import plan, sla_deadline
+from scheduler.planning import load_for_plan
+from scheduler.queue import ContactQueue
+from scheduler.render import Templates
+from scheduler.store import Store
+
+__all__ = [
+    "Daemon",
+    "build_lanes",
+    "load_rulebook",
+    "offset_clock",
+    "policy_channels",
+    "single_instance_lock",
+]
+
+log = structlog.get_logger("remind.daemon")
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "policies" / "templates"
+#: How many borrower-local days back a catch-up plan reaches at most.
+MAX_CATCH_UP_DAYS = 14
+
+
+def load_rulebook(settings: Settings, policy_dir: Path | None = None) -> Rulebook:
+    """Policies and templates from ``policy_dir`` (default: config's), shipped templates as
+    the fallback. Raises ``PolicyError`` with every problem."""
+    directory = (policy_dir or settings.policy_dir).resolve()
+    policies = load_policies(directory)
+    templates = Templates.load(
+        [directory / "templates", SHIPPED_TEMPLATES], default_language=settings.default_language
+    )
+    return Rulebook(policies, templates, settings.lender_name)
+
+
+def build_lanes(
+    settings: Settings, clock: Callable[[], datetime], kinds: set[Channel]
+) -> dict[Channel, Lane]:
+    """One lane per channel kind the policies use, from ``[channels.KIND]``. Raises
+    ``ConfigError`` for a missing table, an unknown adapter type or bad adapter options."""
+    lanes: dict[Channel, Lane] = {}
+    for kind in sorted(kinds):
+        cs = settings.channels.get(kind.value)
+        if cs is None:
+            raise ConfigError(
+                f"{settings.config_path}: the policies use {kind.value} but there is no "
+                f"[channels.{kind.value}] table saying which adapter sends it"
+            )
+        make = factory(cs.type)
+        try:
+            adapter = make(name=cs.type, clock=clock, **cs.options)
+        except TypeError as exc:
+            raise ConfigError(f"{settings.config_path}: channels.{kind.value}: {exc}") from exc
+        lanes[kind] = Lane(kind, adapter, cs.concurrency, cs.rate_per_second)
+    return lanes
+
+
+class single_instance_lock:  # used as a context manager: named like one
+    """An exclusive lock beside a SQLite store file, so a second daemon on the same file is
+    refused with a clear message (PostgreSQL stores need none)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> single_instance_lock:
+        if self._store.backend != "sqlite":
+            return self
+        database = self._store.engine.url.database or ""
+        if database in ("", ":memory:"):
+            return self
+        path = Path(database + ".lock")
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(
+                f"another remind daemon ({holder}) is running on {database}; a SQLite store "
+                "serves one daemon: stop it, or use PostgreSQL for several"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+class Daemon:
+    """The long-running service. Parts are passed in; ``run()`` blocks until stopped."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        lanes: Mapping[Channel, Lane],
+        rulebook: Rulebook,
+        clock: Callable[[], datetime],
+        notifier: Notifier | None = None,
+        owner: str | None = None,
+        reload: Callable[[], Rulebook] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = ContactQueue(store)
+        self.clock = clock
+        self.notifier = notifier or Notifier.from_environ()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self._rulebook = rulebook
+        self._reload = reload
+        self.metrics = Metrics()
+        self.stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._wake = threading.Event()
+        self._ready = False
+        self._last_dispatch = time.monotonic()
+        d = settings.daemon
+        self.dispatcher = Dispatcher(
+            store=store, lanes=lanes, rulebook=lambda: self._rulebook, clock=clock,
+            owner=self.owner, batch_size=d.batch_size, lease_seconds=d.lease_seconds,
+            retry=RetrySettings(
+                max_attempts=d.max_attempts, short_retries=d.short_retries,
+                base_seconds=d.retry_base_seconds, max_seconds=d.retry_max_seconds,
+            ),
+            stop=self.stop, on_settled=self.metrics.count,
+        )  # fmt: skip
+
+    @property
+    def rulebook(self) -> Rulebook:
+        return self._rulebook
+
+    # -- ticks --
+
+    def tick_plan(self) -> tuple[int, int]:
+        """Materialise the plan (see the module docstring); returns (planned, missed) rows
+        inserted."""
+        started = time.monotonic()
+        now = self.clock()
+        book = self._rulebook
+        state = self.queue.state()
+        today = now.astimezone(UTC).date()
+        first = today - timedelta(days=1)  # the zones west of UTC are still on yesterday
+        done = state.get("planned_through")
+        if done is not None:
+            resume = datetime.fromisoformat(done.value).date() + timedelta(days=1)
+            first = max(min(first, resume), today - timedelta(days=MAX_CATCH_UP_DAYS))
+        last = today + timedelta(days=self.settings.daemon.plan_days)
+        horizon = Horizon(first, (last - first).days + 1)
+        accounts, history = load_for_plan(self.store, book.policies, horizon, now, None)
+        result = plan(now, accounts, history, book.policies, horizon)
+        missed = [s for s in result.suppressed if s.reason is Reason.WINDOW_PASSED]
+        inserted = self.queue.materialise(
+            result.planned, missed, now=now, policy_version=book.version
+        )
+        self.queue.set_state(
+            {"planned_through": last.isoformat(), "tick.plan": now.isoformat()},
+            owner=self.owner, now=now,
+        )  # fmt: skip
+        self._ticked("plan", started)
+        log.info(
+            "tick.plan", days=horizon.days, accounts=len(accounts), planned=inserted[0],
+            missed=inserted[1], policy_version=book.version,
+            seconds=round(time.monotonic() - started, 3),
+        )  # fmt: skip
+        return inserted
+
+    def tick_dispatch(self, kind: Channel) -> int:
+        started = time.monotonic()
+        self._last_dispatch = started
+        settled = self.dispatcher.dispatch(kind)
+        self._last_dispatch = time.monotonic()
+        if settled:
+            log.info("tick.dispatch", channel=kind.value, settled=settled)
+        self._ticked(f"dispatch.{kind.value}", started)
+        return settled
+
+    def tick_watch(self) -> int:
+        """Record SLA breaches of first-24h contacts still unsent at their deadline; refresh
+        the queue gauges. Returns how many breaches were newly recorded."""
+        started = time.monotonic()
+        now = self.clock()
+        rules = first_contact_rules(self._rulebook.policies)
+        open_ = self.queue.open_first_contacts(rules)
+        accounts = self.store.accounts_by_id({c.account_id for c in open_}, now=now)
+        late = [
+            c for c in open_
+            if c.account_id in accounts and sla_deadline(accounts[c.account_id]) < now
+        ]  # fmt: skip
+        known = self.queue.audited("sla_breach", {c.contact_id for c in late})
+        new = [c for c in late if c.contact_id not in known]
+        self.queue.record_events(
+            [
+                {"kind": "sla_breach", "account_id": c.account_id, "contact_id": c.contact_id,
+                 "rule": c.rule, "channel": c.channel.value,
+                 "policy_version": self._rulebook.version,
+                 "detail": {"deadline": sla_deadline(accounts[c.account_id]).isoformat(),
+                            "status": "not yet sent"}}
+                for c in new
+            ],
+            now=now,
+        )  # fmt: skip
+        for c in new:
+            self.metrics.sla_breaches.inc()
+            log.warning("sla.breach", contact_id=c.contact_id, account_id=c.account_id,
+                        rule=c.rule, channel=c.channel.value)  # fmt: skip
+        self.metrics.set_depth(self.queue.depth())
+        self.queue.set_state({"tick.watch": now.isoformat()}, owner=self.owner, now=now)
+        self._ticked("watch", started)
+        return len(new)
+
+    def _ticked(self, tick: str, started: float) -> None:
+        self.metrics.tick_seconds.labels(tick).observe(time.monotonic() - started)
+        self.metrics.tick_last.labels(tick).set(time.time())
+
+    def _guarded(self, name: str, tick: Callable[[], object]) -> Callable[[], None]:
+        """A tick as an APScheduler job: errors are logged and the next run tries again."""
+
+        def job() -> None:
+            if self.stop.is_set():
+                return
+            try:
+                tick()
+            except RemindError as exc:
+                log.error("tick.failed", tick=name, error=str(exc))
+            except Exception:  # a tick must not kill the daemon; logged in full, retried next run
+                log.exception("tick.crashed", tick=name)
+
+        return job
+
+    # -- running --
+
+    def run_once(self) -> dict[str, int]:
+        """One plan, dispatch until nothing is due, one watch; for cron and tests."""
+        planned, missed = self.tick_plan()
+        settled = sum(self.tick_dispatch(kind) for kind in self.dispatcher.lanes)
+        breaches = self.tick_watch()
+        return {"planned": planned, "missed": missed, "settled": settled, "breaches": breaches}
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+        self._install_signals()
+        released = self.queue.release(self.owner, now=self.clock())
+        if self.store.backend == "sqlite":
+            released += self.queue.release_all(now=self.clock())
+        if released:
+            log.info("leases.released", contacts=released, why="previous run ended uncleanly")
+        if self.settings.daemon.metrics_port:
+            self.metrics.serve(self.settings.daemon.metrics_port)
+        scheduler = self._scheduler()
+        self._guarded("plan", self.tick_plan)()
+        self._ready = True
+        self.notifier.ready(status="planning done; dispatching")
+        log.info("daemon.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
+        scheduler.start()
+        try:
+            self._serve()
+        finally:
+            self._shutdown(scheduler)
+        return 0
+
+    def _scheduler(self) -> BackgroundScheduler:
+        d = self.settings.daemon
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": JobPool(len(self.dispatcher.lanes) + 2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+        )
+        start = datetime.now(UTC)
+        scheduler.add_job(self._guarded("plan", self.tick_plan), "interval",
+                          seconds=d.plan_every_seconds, id="plan",
+                          next_run_time=start + timedelta(seconds=d.plan_every_seconds))
+        scheduler.add_job(self._guarded("watch", self.tick_watch), "interval",
+                          seconds=d.watch_every_seconds, id="watch", next_run_time=start)
+        for kind in self.dispatcher.lanes:
+            scheduler.add_job(
+                self._guarded(f"dispatch.{kind.value}", lambda k=kind: self.tick_dispatch(k)),
+                "interval", seconds=d.dispatch_every_seconds, id=f"dispatch.{kind.value}",
+                next_run_time=start,
+            )  # fmt: skip
+        return scheduler
+
+    def _serve(self) -> None:
+        interval = self.notifier.watchdog_interval or 5.0
+        while not self.stop.is_set():
+            self._wake.wait(min(interval, 5.0))
+            self._wake.clear()
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            if self._healthy():
+                self.notifier.watchdog()
+
+    def _healthy(self) -> bool:
+        """Dispatch ran recently: jobs are being scheduled (a hung store or a wedged pool
+        stops the watchdog pings, and systemd restarts us)."""
+        limit = max(60.0, 10 * self.settings.daemon.dispatch_every_seconds)
+        return time.monotonic() - self._last_dispatch < limit
+
+    def reload(self) -> bool:
+        """Load the policies and templates again; keep the old ones if the new are invalid."""
+        if self._reload is None:
+            return False
+        self.notifier.reloading()
+        try:
+            book = self._reload()
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.error("reload.rejected", file=problem.file, key=problem.key,
+                          line=problem.line, problem=problem.message)  # fmt: skip
+            log.error("reload.kept_previous", policy_version=self._rulebook.version)
+            self.notifier.ready(status="reload rejected; previous policy in force")
+            return False
+        except RemindError as exc:
+            log.error("reload.rejected", problem=str(exc))
+            self.notifier.ready(status="reload rejected; previous policy in force")
+            return False
+        old = self._rulebook.version
+        self._rulebook = book
+        log.info("reload.done", policy_version=book.version, previous=old)
+        self.notifier.ready(status=f"policy {book.version} in force")
+        return True
+
+    def _shutdown(self, scheduler: BackgroundScheduler) -> None:
+        self.notifier.stopping()
+        log.info("daemon.stopping", drain_seconds=self.settings.daemon.drain_seconds)
+        drained = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+        drained.start()
+        drained.join(self.settings.daemon.drain_seconds)
+        with suppress(StoreError):
+            left = self.queue.release(self.owner, now=self.clock())
+            log.info("daemon.stopped", released=left, drained=not drained.is_alive())
+        self.dispatcher.close()
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.stop.set()
+            self._wake.set()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested.set()
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+
+def policy_channels(book: Rulebook) -> set[Channel]:
+    """The channel kinds some enabled rule of the policies uses."""
+    return {r.channel for p in book.policies.policies for r in p.rule if r.enabled}
+
+
+def offset_clock(start: datetime) -> Callable[[], datetime]:
+    """A clock that reads ``start`` now and runs on in real time (``remind run --now``)."""
+    origin = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - origin)
