@@ -8,9 +8,12 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 from channels.base import Channel
+from channels.call_http import CallHttpChannel
 from channels.call_queue import CallQueueChannel
+from channels.email_smtp import SmtpEmailChannel
 from channels.outbox import OutboxChannel
 from channels.recording import RecordingChannel
+from channels.sms_http import SmsHttpChannel
 from scheduler.errors import ConfigError
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "available", "factory"]
@@ -19,9 +22,12 @@ ENTRY_POINT_GROUP = "remind.channels"
 Factory = Callable[..., Channel]
 
 BUILTIN: Mapping[str, Factory] = {
+    "call_http": CallHttpChannel,
     "call_queue": CallQueueChannel,
+    "email_smtp": SmtpEmailChannel,
     "outbox": OutboxChannel,
     "recording": RecordingChannel,
+    "sms_http": SmsHttpChannel,
 }
 
 

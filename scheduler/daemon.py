@@ -190,9 +190,9 @@ class Daemon:
         book = self._rulebook
         state = self.queue.state()
         today = now.astimezone(UTC).date()
-        first = today - timedelta(days=1)  # the zones west of UTC are still on yesterday
+        first = today  # earlier borrower-local days were planned by earlier ticks
         done = state.get("planned_through")
-        if done is not None:
+        if done is not None:  # after downtime, catch up from the first day never planned
             resume = datetime.fromisoformat(done.value).date() + timedelta(days=1)
             first = max(min(first, resume), today - timedelta(days=MAX_CATCH_UP_DAYS))
         last = today + timedelta(days=self.settings.daemon.plan_days)

@@ -42,7 +42,8 @@ from scheduler.errors import (
     TransientChannelError,
 )
 from scheduler.models import Account, AccountHistory, Channel, Horizon, Reason
-from scheduler.planner import plan_account, sla_deadline
+from policies.rules import Hold
+from scheduler.planner import first_contact_catch_up, plan_account, sla_deadline
 from scheduler.planning import history_since
 from scheduler.queue import ContactQueue, QueuedContact, Settlement
 from scheduler.render import Templates, context_for
@@ -113,17 +114,20 @@ def recheck(
     history: AccountHistory,
     policies: PolicySet,
 ) -> Recheck:
-    """Re-plan ``account`` for its borrower-local today at ``now`` and find ``contact`` in
-    the result (contact ids are stable, so it is the same one if the plan still wants it).
+    """Re-plan ``account`` for its borrower-local today and tomorrow at ``now`` and find
+    ``contact`` in the result (ids are stable: the same one if the plan still wants it).
 
     Planned and open now: send. Planned later (quiet hours began, a cap gap, a retry after
     the first allowed time): move. Suppressed: skip with the plan's reason, or missed when
-    the reason is that no allowed time is left. Absent: missed if its window is over, else
-    skipped ``not_due`` (the policy no longer asks for it)."""
+    the reason is that no allowed time is left. Absent: a first-24h contact that came up
+    late (downtime) goes at its next allowed time (``first_contact_catch_up``); any other
+    is missed if its window is over, else skipped ``not_due`` (no longer asked for)."""
     if account is None:
         return Recheck("skip", Reason.CLOSED, "the account is no longer in the store")
     today = now.astimezone(ZoneInfo(account.zone)).date()
-    result = plan_account(now, account, history, policies, Horizon(today, 1))
+    # today and tomorrow: a first-24h contact that found no allowed time left today moves
+    # to tomorrow's first allowed time, and must be recognised as moved, not missed
+    result = plan_account(now, account, history, policies, Horizon(today, 2))
     for planned in result.planned:
         if planned.contact_id == contact.contact_id:
             if planned.window_start <= now:
@@ -133,6 +137,14 @@ def recheck(
         if held.contact_id == contact.contact_id:
             action = "missed" if held.reason in _MISSED_REASONS else "skip"
             return Recheck(action, held.reason, held.detail)
+    late = first_contact_catch_up(
+        now, account, history, policies, contact.rule, contact.target
+    )
+    if isinstance(late, Hold):
+        return Recheck("skip", late.reason, late.sentence)
+    if late is not None:
+        action = "send" if late[0] <= now else "move"
+        return Recheck(action, window=late, detail="first-24h contact made late (catch-up)")
     if contact.window_end <= now:
         return Recheck("missed", Reason.WINDOW_PASSED, "its window ended before it was sent")
     return Recheck("skip", Reason.NOT_DUE, "the policy no longer asks for this contact today")

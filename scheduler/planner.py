@@ -38,7 +38,14 @@ from scheduler.models import (
     contact_id,
 )
 
-__all__ = ["FIRST_CONTACT_SEARCH_DAYS", "plan", "plan_account", "rules_on", "sla_deadline"]
+__all__ = [
+    "FIRST_CONTACT_SEARCH_DAYS",
+    "first_contact_catch_up",
+    "plan",
+    "plan_account",
+    "rules_on",
+    "sla_deadline",
+]
 
 #: How many days past its nominal day a first-24h contact is searched for an allowed time
 #: (a CN National Day week of holidays plus a weekend fits).
@@ -464,6 +471,40 @@ class _AccountDays:
     def _note_all(self, day: date, dpd: int, verdict: Verdict, text: str) -> None:
         for rule in self.policy.rule:
             self.decisions.append(Decision(rule.id, rule.channel, rule.target.value, verdict, text))
+
+
+def first_contact_catch_up(
+    now: datetime,
+    account: Account,
+    history: AccountHistory,
+    policies: PolicySet,
+    rule_id: str,
+    target: str,
+) -> Hold | Span | None:
+    """Where a first-24h contact goes when its own window passed without it being made
+    (the daemon was down): the first allowed span of its rule from ``now`` on, within
+    ``FIRST_CONTACT_SEARCH_DAYS`` borrower-local days, unless a hold applies now (returned).
+    ``None`` when ``rule_id`` is not a first-24h rule of the account's policy or no allowed
+    time exists. The plan itself never catches up (it assumes contacts are made on time);
+    the dispatcher asks this when a first-24h contact comes up late."""
+    policy = policies.for_product(account.product)
+    rule = next((r for r in policy.rule if r.id == rule_id and r.first_contact), None)
+    if rule is None:
+        return None
+    days = _AccountDays(now, account, history, policies, policy, explain=False)
+    today = now.astimezone(days.zone).date()
+    hold = (
+        account_hold(account, history, policy.suppressions, today)
+        or channel_hold(account, rule.channel, rule.target)
+        or condition_hold(rule, account, history, to_utc(today, _MIDNIGHT, account.zone))
+    )
+    if hold is not None:
+        return hold
+    for offset in range(FIRST_CONTACT_SEARCH_DAYS + 1):
+        spans = days._spans(rule, today + timedelta(days=offset))
+        if spans:
+            return spans[0]
+    return None
 
 
 def sla_deadline(account: Account) -> datetime:

@@ -22,6 +22,7 @@ MODULES = {
     },
     "scheduler.planner": {
         "FIRST_CONTACT_SEARCH_DAYS",
+        "first_contact_catch_up",
         "plan",
         "plan_account",
         "rules_on",
