@@ -74,10 +74,10 @@ from common import (
 )
 
 from policies import load_policies
-from scheduler.planning import load_for_plan
 from scheduler.importer import import_accounts
 from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan
+from scheduler.planning import load_for_plan
 from scheduler.report import summarise, write_jsonl
 from scheduler.tables import accounts, contacts, promises
 

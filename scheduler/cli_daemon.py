@@ -74,9 +74,7 @@ def run(
 
 
 @exits_cleanly
-def status(
-    config: ConfigOption = None, fmt: FormatOption = "table", now: NowOption = None
-) -> None:
+def status(config: ConfigOption = None, fmt: FormatOption = "table", now: NowOption = None) -> None:
     """Last ticks, the queue by channel and status, failures and SLA breaches of the last 24 h."""
     settings = settings_from(config)
     moment = now_from(now)

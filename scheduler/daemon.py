@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -317,14 +318,23 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
         start = datetime.now(UTC)
-        scheduler.add_job(self._guarded("plan", self.tick_plan), "interval",
-                          seconds=d.plan_every_seconds, id="plan",
-                          next_run_time=start + timedelta(seconds=d.plan_every_seconds))
-        scheduler.add_job(self._guarded("watch", self.tick_watch), "interval",
-                          seconds=d.watch_every_seconds, id="watch", next_run_time=start)
+        scheduler.add_job(
+            self._guarded("plan", self.tick_plan),
+            "interval",
+            seconds=d.plan_every_seconds,
+            id="plan",
+            next_run_time=start + timedelta(seconds=d.plan_every_seconds),
+        )
+        scheduler.add_job(
+            self._guarded("watch", self.tick_watch),
+            "interval",
+            seconds=d.watch_every_seconds,
+            id="watch",
+            next_run_time=start,
+        )
         for kind in self.dispatcher.lanes:
             scheduler.add_job(
-                self._guarded(f"dispatch.{kind.value}", lambda k=kind: self.tick_dispatch(k)),
+                self._guarded(f"dispatch.{kind.value}", partial(self.tick_dispatch, kind)),
                 "interval", seconds=d.dispatch_every_seconds, id=f"dispatch.{kind.value}",
                 next_run_time=start,
             )  # fmt: skip

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from channels.base import Channel as Adapter
 from channels.base import Message, Receipt
 from policies import PolicySet
+from policies.rules import Hold
 from scheduler.errors import (
     ChannelError,
     PermanentChannelError,
@@ -42,7 +44,6 @@ from scheduler.errors import (
     TransientChannelError,
 )
 from scheduler.models import Account, AccountHistory, Channel, Horizon, Reason
-from policies.rules import Hold
 from scheduler.planner import first_contact_catch_up, plan_account, sla_deadline
 from scheduler.planning import history_since
 from scheduler.queue import ContactQueue, QueuedContact, Settlement
@@ -92,7 +93,7 @@ def compute_backoff(
     many contacts failing together do not come back together."""
     if attempts < 1:
         return 0.0
-    delay = min(max_seconds, base_seconds * 2 ** min(attempts - 1, 32))
+    delay: float = min(max_seconds, base_seconds * 2.0 ** min(attempts - 1, 32))
     return delay * (1.0 - max(0.0, min(jitter, 1.0)) / 2)
 
 
@@ -137,9 +138,7 @@ def recheck(
         if held.contact_id == contact.contact_id:
             action = "missed" if held.reason in _MISSED_REASONS else "skip"
             return Recheck(action, held.reason, held.detail)
-    late = first_contact_catch_up(
-        now, account, history, policies, contact.rule, contact.target
-    )
+    late = first_contact_catch_up(now, account, history, policies, contact.rule, contact.target)
     if isinstance(late, Hold):
         return Recheck("skip", late.reason, late.sentence)
     if late is not None:
@@ -233,6 +232,15 @@ class Lane:
             close()
 
 
+@dataclass
+class _Batch:
+    """One claimed batch between ``_start`` and ``_finish``."""
+
+    book: Rulebook
+    settled: list[Settlement] = field(default_factory=list)
+    sending: list[Future[Settlement]] = field(default_factory=list)
+
+
 class _Stopped(Exception):
     """Raised in a worker when shutdown began before its send started."""
 
@@ -274,28 +282,40 @@ class Dispatcher:
 
     def dispatch(self, kind: Channel) -> int:
         """Claim and settle batches of ``kind`` until none is due or ``stop`` is set;
-        returns how many contacts were settled. Raises ``StoreError``."""
+        returns how many contacts were settled. Raises ``StoreError``.
+
+        Two batches overlap: while one batch's messages are on the wire, the next is
+        claimed, re-checked and rendered; a batch is recorded once all its sends returned."""
         total = 0
+        in_flight: _Batch | None = None
         while not self.stop.is_set():
             claimed = self.queue.claim_due(
                 kind, self.owner, now=self.clock(), lease_seconds=self.lease_seconds,
                 limit=self.batch_size,
             )  # fmt: skip
-            if not claimed:
+            started = self._start(kind, claimed) if claimed else None
+            if in_flight is not None:
+                total += self._finish(in_flight)
+            in_flight = started
+            if started is None:
                 break
-            total += self.run_batch(kind, claimed)
+        if in_flight is not None:
+            total += self._finish(in_flight)
         return total
 
     def run_batch(self, kind: Channel, claimed: Sequence[QueuedContact]) -> int:
         """Re-check, send and record one claimed batch; returns how many were settled.
         Contacts not sent because shutdown began stay claimed for ``release``."""
+        return self._finish(self._start(kind, claimed))
+
+    def _start(self, kind: Channel, claimed: Sequence[QueuedContact]) -> _Batch:
+        """Re-check and render ``claimed``; hand the sendable ones to the lane's workers."""
         book = self.rulebook()
         now = self.clock()
         ids = {c.account_id for c in claimed}
         accounts = self.store.accounts_by_id(ids, now=now)
         history = self.store.history(ids, since=history_since(book.policies, now.date()))
-        settled: list[Settlement] = []
-        sending: list[Future[Settlement]] = []
+        batch = _Batch(book)
         lane = self.lanes[kind]
         for contact in claimed:
             account = accounts.get(contact.account_id)
@@ -303,21 +323,26 @@ class Dispatcher:
                                                                   AccountHistory()),
                               book.policies)  # fmt: skip
             if verdict.action != "send" or account is None:
-                settled.append(self._not_sent(contact, verdict, now))
+                batch.settled.append(self._not_sent(contact, verdict, now))
                 continue
             try:
                 message = self._message(book, contact, account, now)
             except RemindError as exc:
-                settled.append(self._failed(contact, contact.attempts, Reason.RENDER_ERROR, exc))
+                batch.settled.append(
+                    self._failed(contact, contact.attempts, Reason.RENDER_ERROR, exc)
+                )
                 continue
-            sending.append(lane.submit(lambda m=message, c=contact, a=account: self._send(
-                lane, c, a, m)))  # fmt: skip
-        for future in sending:
+            batch.sending.append(lane.submit(partial(self._send, lane, contact, account, message)))
+        return batch
+
+    def _finish(self, batch: _Batch) -> int:
+        """Wait for the batch's sends and record every outcome in one transaction."""
+        for future in batch.sending:
             try:
-                settled.append(future.result())
+                batch.settled.append(future.result())
             except _Stopped:
                 continue
-        return self._record(settled, book)
+        return self._record(batch.settled, batch.book)
 
     # -- steps --
 
@@ -478,8 +503,8 @@ def first_contact_rules(policies: PolicySet) -> frozenset[str]:
     """Ids of the first-24h rules of every policy (memoised on the policy set)."""
     key = ("first_contact_rules",)
     found = policies.memo.get(key)
-    if found is None:
+    if not isinstance(found, frozenset):
         found = policies.memo[key] = frozenset(
             r.id for p in policies.policies for r in p.rule if r.first_contact
         )
-    return found  # type: ignore[no-any-return]
+    return found

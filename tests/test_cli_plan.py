@@ -171,8 +171,8 @@ def test_policy_check_passes_the_shipped_files_and_lists_every_problem_in_broken
 def test_history_reaches_back_as_far_as_a_first_contact_can_move() -> None:
     from datetime import date, timedelta
 
-    from scheduler.planning import history_since
     from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS
+    from scheduler.planning import history_since
     from tests.factories import shipped_policies
 
     since = history_since(shipped_policies(), date(2026, 11, 24))

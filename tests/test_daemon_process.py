@@ -12,7 +12,6 @@ from datetime import UTC, date, timedelta
 from pathlib import Path
 
 import pytest
-from tests.support.smtp import SmtpServer
 
 from tests.factories import account, copy_policies, local
 from tests.support.daemon import (
@@ -25,6 +24,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.gateway import LoopbackGateway
+from tests.support.smtp import SmtpServer
 
 DUE = date(2026, 11, 23)
 ZONE = "Asia/Shanghai"
@@ -160,7 +160,7 @@ def test_sigkill_at_random_moments_never_doubles_or_loses_a_contact(
     assert final.stop() == 0
     # (the kills fell in the middle of the work, some batches were recorded before a kill,
     # and the gateway did refuse and time out)
-    assert 0 < progress[0] and progress[-1] < 2000 and sorted(progress) == progress
+    assert progress[0] > 0 and progress[-1] < 2000 and sorted(progress) == progress
     recorded_before_final = sum(
         '"event_kind": "sent"' in line
         for n in range(8) for line in (tmp_path / f"run{n}.log").read_text().splitlines()

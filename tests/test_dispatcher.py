@@ -198,9 +198,11 @@ def test_a_crashed_claimer_is_taken_over_and_the_provider_sees_one_message(
     lines = [json.loads(x) for x in (tmp_path / "outbox.jsonl").read_text().splitlines()]
     assert len(lines) == len({x["contact_id"] for x in lines}) == 5
     with store.engine.connect() as conn:
-        sent_events = conn.execute(
-            sa.select(audit_log.c.contact_id).where(audit_log.c.kind == "sent")
-        ).scalars().all()
+        sent_events = (
+            conn.execute(sa.select(audit_log.c.contact_id).where(audit_log.c.kind == "sent"))
+            .scalars()
+            .all()
+        )
     assert sorted(sent_events) == sorted(c.contact_id for c in claimed)
 
 
@@ -210,9 +212,7 @@ def test_backoff_doubles_up_to_its_cap_and_jitter_only_shortens() -> None:
     assert 30 <= compute_backoff(1, base_seconds=60, max_seconds=600, jitter=1.0) < 60
 
 
-def test_reload_with_a_broken_policy_keeps_the_previous_one(
-    daemon: Daemon, tmp_path: Path
-) -> None:
+def test_reload_with_a_broken_policy_keeps_the_previous_one(daemon: Daemon, tmp_path: Path) -> None:
     from scheduler.errors import PolicyError, PolicyProblem
 
     def broken() -> object:

@@ -19,15 +19,23 @@ from tests.factories import account
 NOW = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)  # 10:30 in Shanghai
 
 
-def planned(n: int, *, start: datetime = NOW, channel: Channel = Channel.SMS,
-            priority: int = 40) -> list[PlannedContact]:  # fmt: skip
+def planned(
+    n: int, *, start: datetime = NOW, channel: Channel = Channel.SMS, priority: int = 40
+) -> list[PlannedContact]:
     return [
         PlannedContact(
-            contact_id=f"c{channel.value}{i:05d}", account_id=f"A{i % 10}", channel=channel,
-            rule="pre_due_sms_1d", target="borrower", due_date=date(2026, 11, 23), step=0,
-            window_start=start, window_end=start + timedelta(hours=9), template="pre_due",
+            contact_id=f"c{channel.value}{i:05d}",
+            account_id=f"A{i % 10}",
+            channel=channel,
+            rule="pre_due_sms_1d",
+            target="borrower",
+            due_date=date(2026, 11, 23),
+            step=0,
+            window_start=start,
+            window_end=start + timedelta(hours=9),
+            template="pre_due",
             priority=priority,
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -64,8 +72,8 @@ def test_materialising_twice_inserts_once(store: Store) -> None:
 
 def test_a_claim_leases_due_contacts_once_until_the_lease_expires(store: Store) -> None:
     queue = seed(store)
-    queue.materialise(planned(3) + planned(2, start=NOW + timedelta(hours=1),
-                                           channel=Channel.EMAIL), now=NOW, policy_version="v")  # fmt: skip
+    later = planned(2, start=NOW + timedelta(hours=1), channel=Channel.EMAIL)
+    queue.materialise(planned(3) + later, now=NOW, policy_version="v")
     first = queue.claim_due(Channel.SMS, "a", now=NOW, lease_seconds=60, limit=10)
     assert len(first) == 3
     assert queue.claim_due(Channel.SMS, "b", now=NOW, lease_seconds=60, limit=10) == []
