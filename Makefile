@@ -19,6 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
+	$(BIN)/remind db upgrade
 	$(BIN)/remind sample-portfolio --out $(DEMO)/portfolio.csv
 	$(BIN)/remind accounts import $(DEMO)/portfolio.csv
 	$(BIN)/remind dry-run
