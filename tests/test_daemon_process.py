@@ -3,6 +3,7 @@ SMTP server. Signals, crashes and downtime as an operator would meet them."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -207,3 +208,38 @@ def test_downtime_of_two_days_misses_windows_and_reports_late_first_contacts(
     first = [r for r in contact_rows(url, "account_id", "rule", "status")
              if r.account_id == "B2" and r.rule == "first_overdue_call"]  # fmt: skip
     assert [r.status for r in first] == ["sent"]  # handed to the agents' call queue
+
+
+def test_agent_reaches_the_borrower_so_the_fallback_sms_is_not_sent(
+    tmp_path: Path, gateway: LoopbackGateway
+) -> None:
+    url = f"sqlite:///{tmp_path / 'remind.db'}"
+    config = write_config(tmp_path, store_url=url, channels=channels(gateway.url))
+    # Given C1 missed yesterday's payment: its first-overdue call is queued this morning
+    seed(url, [account("C1", due_date=DUE - timedelta(days=1), email=None)], MORNING)
+    morning = local(DUE, "09:30", ZONE)
+    assert remind(config, "run", "--once", now=morning, env=ENV).returncode == 0
+    # When an agent takes the call a minute later and reaches the borrower
+    morning += timedelta(minutes=1)
+    taken = remind(config, "calls", "next", "--agent", "ann", now=morning)
+    assert taken.returncode == 0, taken.stderr
+    task = json.loads(taken.stdout)
+    assert (task["account_id"], task["rule"], task["phone"]) == (
+        "C1", "first_overdue_call", "+8613812345678"
+    )  # fmt: skip
+    assert remind(config, "calls", "next", "--agent", "bob", now=morning).returncode == 1
+    done = remind(config, "calls", "outcome", task["contact_id"], "--result", "conversation",
+                  "--agent", "ann", now=morning)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Then the afternoon's fallback SMS is recorded skipped, not sent
+    afternoon = local(DUE, "14:30", ZONE)
+    assert remind(config, "run", "--once", now=afternoon, env=ENV).returncode == 0
+    rows = {r.rule: r for r in contact_rows(url, "rule", "status", "reason", "outcome")}
+    assert rows["first_overdue_call"].outcome == "conversation"
+    assert (rows["first_overdue_sms"].status, rows["first_overdue_sms"].reason) == (
+        "skipped", "borrower_recently_reached"
+    )  # fmt: skip
+    assert gateway.deliveries() == []
+    status = json.loads(remind(config, "status", "--format", "json", now=afternoon).stdout)
+    assert {"channel": "sms", "status": "skipped", "contacts": 1} in status["queue"]
+    assert "tick.plan" in status["ticks"]
