@@ -48,7 +48,7 @@ from scheduler.notify import Notifier
 from scheduler.planner import plan, sla_deadline
 from scheduler.planning import load_for_plan
 from scheduler.queue import ContactQueue
-from scheduler.render import Templates
+from scheduler.render import Templates, template_dirs
 from scheduler.store import Store
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("remind.daemon")
-SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "policies" / "templates"
 #: How many borrower-local days back a catch-up plan reaches at most.
 MAX_CATCH_UP_DAYS = 14
 
@@ -71,9 +70,7 @@ def load_rulebook(settings: Settings, policy_dir: Path | None = None) -> Ruleboo
     the fallback. Raises ``PolicyError`` with every problem."""
     directory = (policy_dir or settings.policy_dir).resolve()
     policies = load_policies(directory)
-    templates = Templates.load(
-        [directory / "templates", SHIPPED_TEMPLATES], default_language=settings.default_language
-    )
+    templates = Templates.load(template_dirs(directory), default_language=settings.default_language)
     return Rulebook(policies, templates, settings.lender_name)
 
 

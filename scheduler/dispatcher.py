@@ -429,34 +429,23 @@ class Dispatcher:
         breach = False
         if contact.sla_risk or self._first_contact(contact.rule):
             breach = now > sla_deadline(account)
-        return Settlement(
-            contact.contact_id, contact.account_id, "sent", "sent", attempts,
-            provider_ref=receipt.provider_id, sla_breach=breach, rule=contact.rule,
-            channel=contact.channel.value,
-        )  # fmt: skip
+        return _settled(contact, "sent", "sent", attempts, provider_ref=receipt.provider_id,
+                        sla_breach=breach)  # fmt: skip
 
     def _not_sent(self, contact: QueuedContact, verdict: Recheck, now: datetime) -> Settlement:
-        common: dict[str, Any] = {"rule": contact.rule, "channel": contact.channel.value}
         if verdict.action == "move" and verdict.window:
-            return Settlement(
-                contact.contact_id, contact.account_id, "planned", "moved", contact.attempts,
-                next_attempt_at=verdict.window[0], window=verdict.window, **common,
-            )  # fmt: skip
+            return _settled(contact, "planned", "moved", contact.attempts,
+                            next_attempt_at=verdict.window[0], window=verdict.window)  # fmt: skip
         status = "missed" if verdict.action == "missed" else "skipped"
         reason = verdict.reason.value if verdict.reason else None
-        return Settlement(
-            contact.contact_id, contact.account_id, status, status, contact.attempts,
-            reason=reason, error=verdict.detail or None, **common,
-        )  # fmt: skip
+        return _settled(contact, status, status, contact.attempts, reason=reason,
+                        error=verdict.detail or None)  # fmt: skip
 
     def _failed(
         self, contact: QueuedContact, attempts: int, reason: Reason, exc: Exception
     ) -> Settlement:
-        return Settlement(
-            contact.contact_id, contact.account_id, "failed", "failed", attempts,
-            reason=reason.value, error=str(exc)[:500], rule=contact.rule,
-            channel=contact.channel.value,
-        )  # fmt: skip
+        return _settled(contact, "failed", "failed", attempts, reason=reason.value,
+                        error=str(exc)[:500])  # fmt: skip
 
     def _retry_later(
         self, contact: QueuedContact, attempts: int, exc: TransientChannelError
@@ -471,11 +460,8 @@ class Dispatcher:
         at = now + timedelta(seconds=delay)
         if attempts >= self.retry.max_attempts or at >= contact.window_end:
             return self._failed(contact, attempts, Reason.RETRIES_EXHAUSTED, exc)
-        return Settlement(
-            contact.contact_id, contact.account_id, "planned", "retry", attempts,
-            next_attempt_at=at, error=str(exc)[:500], rule=contact.rule,
-            channel=contact.channel.value,
-        )  # fmt: skip
+        return _settled(contact, "planned", "retry", attempts, next_attempt_at=at,
+                        error=str(exc)[:500])  # fmt: skip
 
     def _first_contact(self, rule_id: str) -> bool:
         return rule_id in first_contact_rules(self.rulebook().policies)
@@ -497,6 +483,16 @@ class Dispatcher:
     def close(self) -> None:
         for lane in self.lanes.values():
             lane.close()
+
+
+def _settled(
+    contact: QueuedContact, status: str, event: str, attempts: int, **details: Any
+) -> Settlement:
+    """A settlement of ``contact`` carrying its identity (id, account, rule, channel)."""
+    return Settlement(
+        contact.contact_id, contact.account_id, status, event, attempts,
+        rule=contact.rule, channel=contact.channel.value, **details,
+    )  # fmt: skip
 
 
 def first_contact_rules(policies: PolicySet) -> frozenset[str]:
