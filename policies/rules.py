@@ -4,9 +4,12 @@ Precedence, written down once (the planner applies it in this order):
 
 1. **Account holds** win over everything: closed or handed over, paid in full, a hold flag
    (dispute, cease, complaint, legal hold, deceased, bankrupt), a pending promise to pay.
+   A cease request leaves the rules marked ``legally_required`` (letters).
 2. **Channel holds**: ``no_sms``/``no_email``/``no_call``, a missing or invalid phone or email.
 3. **Rule conditions**: a fallback whose first contact reached the borrower; an emergency
-   contact while the borrower was reached recently.
+   contact while the borrower was reached recently, or before the borrower has been
+   unreachable for ``[outcomes] unreachable_days_before_third_party``, or one who objected
+   (or whose number was wrong): never again.
 4. **Time**: quiet hours, weekends and holidays move a contact to the next allowed time
    inside its rule's window, or drop it (``no_allowed_time``). The first-24h contact is
    moved to the first allowed time even past its window and flagged ``sla_risk``.
@@ -28,7 +31,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from policies.hours import Span
-from policies.schema import Caps, Rule, Suppressions, Target
+from policies.schema import Caps, Outcomes, Rule, Suppressions, Target
 from scheduler.models import (
     CHANNEL_FLAGS,
     Account,
@@ -37,11 +40,22 @@ from scheduler.models import (
     Channel,
     Flag,
     PastContact,
+    Promise,
     PromiseStatus,
     Reason,
 )
 
-__all__ = ["Booking", "CapLedger", "Hold", "account_hold", "channel_hold", "condition_hold"]
+__all__ = [
+    "Booking",
+    "CapLedger",
+    "Hold",
+    "account_hold",
+    "broken_on",
+    "channel_hold",
+    "condition_hold",
+    "promise_state",
+    "target_hold",
+]
 
 _HOLD_ORDER = (
     Flag.DECEASED,
@@ -69,10 +83,37 @@ class Hold:
     sentence: str
 
 
+def promise_state(
+    promise: Promise, account: Account, day: date, rules: Suppressions
+) -> PromiseStatus:
+    """What ``promise`` is on borrower-local ``day``: ``kept`` once the account has been paid
+    the promised amount more than when it was made (or in full), ``pending`` until its date
+    plus ``promise_grace_days``, ``broken`` after that. A stored kept or broken status
+    stands."""
+    if promise.status is not PromiseStatus.PENDING:
+        return promise.status
+    if account.paid_in_full or account.amount_paid - promise.paid_before >= promise.amount:
+        return PromiseStatus.KEPT
+    if day <= promise.promised_date + timedelta(days=rules.promise_grace_days):
+        return PromiseStatus.PENDING
+    return PromiseStatus.BROKEN
+
+
+def broken_on(promise: Promise, rules: Suppressions) -> date:
+    """The first borrower-local day a promise not kept counts as broken."""
+    return promise.promised_date + timedelta(days=rules.promise_grace_days + 1)
+
+
 def account_hold(
-    account: Account, history: AccountHistory, rules: Suppressions, day: date
+    account: Account,
+    history: AccountHistory,
+    rules: Suppressions,
+    day: date,
+    *,
+    legally_required: bool = False,
 ) -> Hold | None:
-    """The hold on every contact with ``account`` on borrower-local ``day``, if any."""
+    """The hold on every contact with ``account`` on borrower-local ``day``, if any.
+    ``legally_required``: the hold on a rule marked so, which a cease request leaves."""
     if account.status is AccountStatus.CLOSED:
         return Hold(Reason.CLOSED, "the account is closed")
     if account.status is AccountStatus.HANDED_OVER:
@@ -81,11 +122,11 @@ def account_hold(
         paid = f"{account.amount_paid} of {account.amount_due} {account.currency}".rstrip()
         return Hold(Reason.PAID, f"paid in full ({paid})")
     for flag in _HOLD_ORDER:
-        if flag in account.flags:
+        if flag in account.flags and not (legally_required and flag is Flag.CEASE):
             return Hold(Reason(flag.value), _FLAG_TEXT[flag])
     grace = timedelta(days=rules.promise_grace_days)
     for promise in history.promises:
-        if promise.status is PromiseStatus.PENDING and day <= promise.promised_date + grace:
+        if promise_state(promise, account, day, rules) is PromiseStatus.PENDING:
             return Hold(
                 Reason.PROMISE_PENDING,
                 f"promise to pay {promise.amount} by {promise.promised_date} is pending "
@@ -111,10 +152,26 @@ def channel_hold(account: Account, channel: Channel, target: Target) -> Hold | N
     return None
 
 
+def target_hold(history: AccountHistory, target: str) -> Hold | None:
+    """The hold on one emergency contact: removed for good when they objected to being
+    contacted or the number turned out wrong."""
+    if target != "borrower" and target in history.removed_contacts:
+        return Hold(
+            Reason.THIRD_PARTY_REMOVED,
+            "this emergency contact objected (or the number was wrong): never contacted again",
+        )
+    return None
+
+
 def condition_hold(
-    rule: Rule, account: Account, history: AccountHistory, day_start: datetime
+    rule: Rule,
+    account: Account,
+    history: AccountHistory,
+    day_start: datetime,
+    outcomes: Outcomes | None = None,
 ) -> Hold | None:
-    """The hold from the rule's own conditions (fallbacks, unreached-days), if any."""
+    """The hold from the rule's own conditions (fallbacks, unreached-days) and, for
+    emergency-contact rules, the policy's ``[outcomes]`` unreachable days, if any."""
     if rule.fallback_for is not None:
         for past in history.contacts:
             if (
@@ -135,6 +192,30 @@ def condition_hold(
                     f"the borrower was reached on {past.at:%Y-%m-%d}, within "
                     f"{rule.unreached_days} days",
                 )
+    if rule.target is Target.EMERGENCY_CONTACTS and outcomes is not None:
+        return _unreachable_hold(history, day_start, outcomes.unreachable_days_before_third_party)
+    return None
+
+
+def _unreachable_hold(history: AccountHistory, day_start: datetime, days: int) -> Hold | None:
+    """Emergency contacts wait until the borrower has been unreachable ``days``: a call to
+    the borrower at least that long ago, and no contact reaching them since."""
+    if not days:
+        return None
+    since = day_start - timedelta(days=days)
+    calls = [p for p in history.contacts if p.target == "borrower" and p.channel is Channel.CALL]
+    reached = [p.at for p in calls if p.outcome.reached_borrower and p.at >= since]
+    if reached:
+        return Hold(
+            Reason.BORROWER_RECENTLY_REACHED,
+            f"the borrower was reached on {max(reached):%Y-%m-%d}, within {days} days",
+        )
+    if not any(p.at <= since for p in calls):
+        return Hold(
+            Reason.BORROWER_NOT_YET_UNREACHABLE,
+            f"no call to the borrower {days} or more days ago: not yet unreachable for "
+            f"{days} days (outcomes.unreachable_days_before_third_party)",
+        )
     return None
 
 

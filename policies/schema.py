@@ -8,6 +8,8 @@ A file is::
     [caps]         contacts_per_day, call_attempts_per_7_days, conversation_cooldown_days,
                    connected_calls_per_day, min_gap_minutes, third_party_every_days
     [suppressions] promise_grace_days
+    [outcomes]     complaint_hold_days, unreachable_days_before_third_party (what recorded
+                   call outcomes do to the schedule)
     [handover]     min_dpd
     [[rule]]       one contact rule (see ``Rule``); a rule whose id the extended policy
                    already has changes only the keys it names
@@ -27,12 +29,14 @@ from scheduler.models import Channel
 __all__ = [
     "Caps",
     "Handover",
+    "Outcomes",
     "PolicyFile",
     "PolicyMeta",
     "QuietHours",
     "Rule",
     "Suppressions",
     "Target",
+    "Trigger",
 ]
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -59,6 +63,13 @@ class _Strict(BaseModel):
 class Target(StrEnum):
     BORROWER = "borrower"
     EMERGENCY_CONTACTS = "emergency_contacts"
+
+
+class Trigger(StrEnum):
+    """What makes a rule fire: a day past due, or a promise to pay that was broken."""
+
+    DPD = "dpd"
+    BROKEN_PROMISE = "broken_promise"
 
 
 class PolicyMeta(_Strict):
@@ -92,6 +103,20 @@ class Suppressions(_Strict):
     promise_grace_days: int = Field(default=1, ge=0)
 
 
+class Outcomes(_Strict):
+    """What recorded outcomes do to the schedule (besides ``[suppressions]`` promises and
+    ``[caps]`` conversation cool-down).
+
+    ``complaint_hold_days``: a ``complaint`` holds every contact for this many days from
+    when it was made. ``unreachable_days_before_third_party``: emergency contacts only once
+    the borrower has been unreachable this long (tried at least that long ago, and not
+    reached since). ``dispute`` and ``cease_request`` hold until lifted; a cease leaves only
+    the rules marked ``legally_required``."""
+
+    complaint_hold_days: int = Field(default=30, ge=0)
+    unreachable_days_before_third_party: int = Field(default=7, ge=0)
+
+
 class Handover(_Strict):
     """Accounts at or past ``min_dpd`` get no automated contact and are listed for hand-over."""
 
@@ -120,10 +145,14 @@ class Rule(_Strict):
     first_contact: bool = False
     fallback_for: str | None = None
     unreached_days: int = Field(default=0, ge=0)
+    trigger: Trigger = Trigger.DPD
+    legally_required: bool = False
     enabled: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.trigger is Trigger.BROKEN_PROMISE:
+            return self._check_follow_up()
         if self.dpd is not None and (self.dpd_from is not None or self.dpd_to is not None):
             raise ValueError("give either dpd, or dpd_from and dpd_to, not both")
         if self.dpd is None and (self.dpd_from is None or self.dpd_to is None):
@@ -137,6 +166,23 @@ class Rule(_Strict):
             Channel.SMS,
         ):
             raise ValueError("emergency contacts can only be called or sent an SMS")
+        if self.legally_required and self.channel is not Channel.LETTER:
+            raise ValueError("only letters can be legally_required (they survive a cease)")
+        return self
+
+    def _check_follow_up(self) -> Self:
+        if self.dpd is not None or self.dpd_from is not None or self.dpd_to is not None:
+            raise ValueError(
+                'a trigger = "broken_promise" rule fires the first allowed day after the '
+                "promise broke: give no dpd, dpd_from or dpd_to"
+            )
+        if self.until <= self.at:
+            raise ValueError("until must be later than at (a window cannot wrap midnight)")
+        if self.target is not Target.BORROWER or self.first_contact or self.fallback_for:
+            raise ValueError(
+                "a broken-promise follow-up goes to the borrower and is neither a first "
+                "contact nor a fallback"
+            )
         return self
 
     @property
@@ -152,8 +198,11 @@ class Rule(_Strict):
         return self.dpd if self.dpd is not None else int(self.dpd_to or 0)
 
     def fires_on(self, dpd: int) -> bool:
-        """True when this rule asks for a contact on day ``dpd``."""
-        if not self.enabled or not self.first_dpd <= dpd <= self.last_dpd:
+        """True when this rule asks for a contact on day ``dpd`` (never for a rule with
+        another trigger: the planner fires those from the account's history)."""
+        if not self.enabled or self.trigger is not Trigger.DPD:
+            return False
+        if not self.first_dpd <= dpd <= self.last_dpd:
             return False
         return (dpd - self.first_dpd) % self.every_days == 0
 
@@ -165,5 +214,6 @@ class PolicyFile(_Strict):
     quiet_hours: QuietHours = QuietHours()
     caps: Caps = Caps()
     suppressions: Suppressions = Suppressions()
+    outcomes: Outcomes = Outcomes()
     handover: Handover = Handover()
     rule: tuple[Rule, ...] = ()

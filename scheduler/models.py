@@ -19,11 +19,13 @@ __all__ = [
     "Account",
     "AccountHistory",
     "AccountStatus",
+    "CaseNote",
     "Channel",
     "Decision",
     "Flag",
     "Horizon",
     "Outcome",
+    "OutcomeRecord",
     "PastContact",
     "Plan",
     "PlannedContact",
@@ -174,18 +176,60 @@ class PromiseStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Promise:
+    """A promise to pay ``amount`` by ``promised_date``. ``paid_before`` is the account's
+    ``amount_paid`` when it was made: the promise is kept once the account has been paid
+    ``amount`` more than that (see ``policies.rules.promise_state``)."""
+
     account_id: str
     amount: Decimal
     promised_date: date
     status: PromiseStatus = PromiseStatus.PENDING
+    paid_before: Decimal = Decimal(0)
+    promise_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AccountHistory:
-    """What the store knows happened to one account: performed contacts and promises."""
+    """What the store knows happened to one account: performed contacts, promises (pending
+    ones, and recently broken ones a follow-up rule may still answer), and the emergency
+    contacts removed for good (they objected, or the number was wrong)."""
 
     contacts: tuple[PastContact, ...] = ()
     promises: tuple[Promise, ...] = ()
+    removed_contacts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """What came of one contact, as an agent, a dialer or a call centre reports it.
+
+    ``target`` is ``"borrower"`` or an emergency contact's E.164 number; ``number`` is the
+    phone number the outcome is about (the borrower's phone at the time for a borrower
+    call), so a ``wrong_number`` can be told apart from a number imported later.
+    ``contact_id`` names the call task it settles, if any. Times are aware."""
+
+    account_id: str
+    at: datetime
+    channel: Channel
+    result: Outcome
+    target: str = "borrower"
+    number: str | None = None
+    contact_id: str | None = None
+    rule: str | None = None
+    promise_amount: Decimal | None = None
+    promise_date: date | None = None
+    note: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseNote:
+    """A free-text case note on an account (``remind note``)."""
+
+    account_id: str
+    at: datetime
+    text: str
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +276,8 @@ class Reason(StrEnum):
     CAP_CONNECTED_CALLS = "cap_connected_calls"
     CAP_MIN_GAP = "cap_min_gap"
     CAP_THIRD_PARTY = "cap_third_party"
+    THIRD_PARTY_REMOVED = "third_party_removed"
+    BORROWER_NOT_YET_UNREACHABLE = "borrower_not_yet_unreachable"
     NOT_DUE = "not_due"
     RETRIES_EXHAUSTED = "retries_exhausted"
     PERMANENT_FAILURE = "permanent_failure"

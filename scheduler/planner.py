@@ -5,7 +5,8 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 ``policies.rules``; this module applies it day by day, account by account:
 
 1. collect the rules that ask for a contact on the borrower-local day (plus first-24h
-   contacts of earlier days that could not be made then and move into this day);
+   contacts of earlier days that could not be made then and move into this day, and
+   broken-promise follow-ups on the first allowed day after a promise broke);
 2. hold them (account, channel, rule conditions), each with a reason and a sentence;
 3. place the rest in time: the rule's window intersected with allowed hours, from ``now``;
 4. take them in priority order through the account's cap ledger (stored history plus what
@@ -22,8 +23,18 @@ from zoneinfo import ZoneInfo
 
 from policies.hours import Span, intersect, to_utc
 from policies.loader import PolicySet
-from policies.rules import Booking, CapLedger, Hold, account_hold, channel_hold, condition_hold
-from policies.schema import PolicyFile, Rule, Target
+from policies.rules import (
+    Booking,
+    CapLedger,
+    Hold,
+    account_hold,
+    broken_on,
+    channel_hold,
+    condition_hold,
+    promise_state,
+    target_hold,
+)
+from policies.schema import PolicyFile, Rule, Target, Trigger
 from scheduler.models import (
     Account,
     AccountHistory,
@@ -32,6 +43,7 @@ from scheduler.models import (
     Horizon,
     Plan,
     PlannedContact,
+    PromiseStatus,
     Reason,
     SuppressedContact,
     Verdict,
@@ -41,6 +53,7 @@ from scheduler.models import (
 __all__ = [
     "FIRST_CONTACT_SEARCH_DAYS",
     "first_contact_catch_up",
+    "follow_up_rules",
     "plan",
     "plan_account",
     "rules_on",
@@ -122,7 +135,7 @@ def plan_account(
 ) -> Plan:
     """Plan one account over ``horizon``; see ``plan``."""
     policy = policies.for_product(account.product)
-    if not explain and not _anything_due(policies, policy, account, horizon):
+    if not explain and not _anything_due(policies, policy, account, history, horizon):
         return _EMPTY
     day_planner = _AccountDays(now, account, history, policies, policy, explain)
     for offset in range(horizon.days):
@@ -134,9 +147,15 @@ _EMPTY = Plan()
 
 
 def _anything_due(
-    policies: PolicySet, policy: PolicyFile, account: Account, horizon: Horizon
+    policies: PolicySet,
+    policy: PolicyFile,
+    account: Account,
+    history: AccountHistory,
+    horizon: Horizon,
 ) -> bool:
     """Whether any rule (or the hand-over line) concerns ``account`` in ``horizon``."""
+    if history.promises and follow_up_rules(policies, policy):
+        return True
     for offset in range(horizon.days):
         dpd = (horizon.first_day - account.due_date).days + offset
         if dpd >= policy.handover.min_dpd or rules_on(policies, policy, dpd):
@@ -159,6 +178,17 @@ def rules_on(policies: PolicySet, policy: PolicyFile, dpd: int) -> tuple[tuple[R
                 back_days = range(1, FIRST_CONTACT_SEARCH_DAYS + 1)
                 pairs.extend((rule, back) for back in back_days if rule.fires_on(dpd - back))
         found = policies.memo[key] = tuple(pairs)
+    return found
+
+
+def follow_up_rules(policies: PolicySet, policy: PolicyFile) -> tuple[Rule, ...]:
+    """The enabled broken-promise rules of ``policy`` (memoised)."""
+    key = ("follow_up_rules", policy.policy.name)
+    found = cast("tuple[Rule, ...] | None", policies.memo.get(key))
+    if found is None:
+        found = policies.memo[key] = tuple(
+            r for r in policy.rule if r.enabled and r.trigger is Trigger.BROKEN_PROMISE
+        )
     return found
 
 
@@ -221,7 +251,13 @@ class _AccountDays:
         hold = account_hold(self.account, self.history, self.policy.suppressions, day)
         placed: list[_Placed] = []
         for candidate in candidates:
-            outcome = self._hold_or_place(candidate, day, hold)
+            day_hold = hold
+            if hold is not None and candidate.rule.legally_required:
+                day_hold = account_hold(
+                    self.account, self.history, self.policy.suppressions, day,
+                    legally_required=True,
+                )  # fmt: skip
+            outcome = self._hold_or_place(candidate, day, day_hold)
             if isinstance(outcome, Hold):
                 self._suppress(candidate, outcome)
             elif outcome is not None:
@@ -240,6 +276,33 @@ class _AccountDays:
         for rule, back in rules_on(self.policies, self.policy, dpd):
             nominal = day - timedelta(days=back) if back else day
             yield from self._not_done(self._targets(rule, nominal, dpd - back))
+        if self.history.promises:
+            for rule in follow_up_rules(self.policies, self.policy):
+                yield from self._follow_ups(rule, day)
+
+    def _follow_ups(self, rule: Rule, day: date) -> Iterator[_Candidate]:
+        """A broken-promise rule asks for one contact per broken promise, on the first day
+        from the one the promise broke on whose window has allowed time (searching
+        ``FIRST_CONTACT_SEARCH_DAYS``), unless history shows it was made."""
+        rules = self.policy.suppressions
+        for promise in self.history.promises:
+            if promise_state(promise, self.account, day, rules) is not PromiseStatus.BROKEN:
+                continue
+            broke = broken_on(promise, rules)
+            if not broke <= day <= broke + timedelta(days=FIRST_CONTACT_SEARCH_DAYS):
+                continue
+            candidate = _Candidate(rule, "borrower", day, promise.promised_date.toordinal())
+            if any(
+                p.rule == rule.id and p.at.astimezone(self.zone).date() >= broke
+                for p in self.history.contacts
+            ):
+                if self.explain:
+                    self._note(candidate, Verdict.NOT_DUE, "already made (in the contact history)")
+                continue
+            earlier = (broke + timedelta(days=k) for k in range((day - broke).days))
+            if any(self._spans(rule, d, clip_to_now=False) for d in earlier):
+                continue  # it belonged to an earlier allowed day
+            yield candidate
 
     def _not_done(self, candidates: Iterator[_Candidate]) -> Iterator[_Candidate]:
         for c in candidates:
@@ -263,10 +326,12 @@ class _AccountDays:
         hold = (
             hold
             or channel_hold(self.account, c.rule.channel, c.rule.target)
+            or target_hold(self.history, c.target)
             or condition_hold(
-                c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone)
+                c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone),
+                self.policy.outcomes,
             )
-        )
+        )  # fmt: skip
         if hold is not None:
             return hold if c.nominal_day == day else None
         return self._place(c, day)
@@ -457,6 +522,8 @@ class _AccountDays:
                 continue
             if not rule.enabled:
                 text = "disabled in the policy"
+            elif rule.trigger is Trigger.BROKEN_PROMISE:
+                text = "fires the first allowed day after a promise to pay broke; none did"
             elif rule.dpd is not None:
                 text = f"fires on DPD {rule.dpd}; {day} is DPD {dpd}"
             else:
@@ -496,7 +563,10 @@ def first_contact_catch_up(
     hold = (
         account_hold(account, history, policy.suppressions, today)
         or channel_hold(account, rule.channel, rule.target)
-        or condition_hold(rule, account, history, to_utc(today, _MIDNIGHT, account.zone))
+        or target_hold(history, target)
+        or condition_hold(
+            rule, account, history, to_utc(today, _MIDNIGHT, account.zone), policy.outcomes
+        )
     )
     if hold is not None:
         return hold

@@ -282,12 +282,18 @@ def test_contacts_already_made_today_count_toward_the_daily_cap_and_the_gap() ->
 
 def test_emergency_contacts_only_after_seven_days_without_reaching_the_borrower() -> None:
     a = account(due_date=DAY - timedelta(days=31), emergency_contacts=("+8613912345678",))
-    result = plan_day(a)
+    # Given a call to the borrower 8 days ago that nobody answered
+    unanswered = ("2026-11-16T10:00:00+08:00", Channel.CALL, Outcome.NO_ANSWER)
+    result = plan_day(a, history=history_of(a.account_id, unanswered))
     third = [c for c in result.planned if c.rule == "emergency_contact_call"]
     assert [(c.target, f"{c.window_start:%H:%M}") for c in third] == [("+8613912345678", "15:00")]
+    # When the borrower was reached 4 days ago, or nobody has tried to call them yet
     reached = ("2026-11-20T10:00:00+08:00", Channel.CALL, Outcome.REFUSED)
-    held = plan_day(a, history=history_of(a.account_id, reached))
+    held = plan_day(a, history=history_of(a.account_id, unanswered, reached))
+    untried = plan_day(a)
+    # Then the emergency contact is not called
     assert reasons(held)["emergency_contact_call"] == "borrower_recently_reached"
+    assert reasons(untried)["emergency_contact_call"] == "borrower_not_yet_unreachable"
 
 
 def test_past_the_handover_line_nothing_is_planned_and_the_account_is_listed() -> None:

@@ -30,6 +30,7 @@ POLICIES = shipped_policies()
 POLICY = POLICIES.default
 CAPS = POLICY.caps
 GAP = timedelta(minutes=CAPS.min_gap_minutes)
+LEGAL = {r.id: r.legally_required for r in POLICY.rule}
 
 DAYS = [
     date(2026, 11, 24),
@@ -110,7 +111,8 @@ def portfolios(draw: st.DrawFn) -> Case:
             promises = (
                 Promise(a.account_id, amount, day + timedelta(days=draw(st.integers(-4, 4)))),
             )
-        history[a.account_id] = AccountHistory(contacts, promises)
+        removed = frozenset({"+8613912345678"}) if draw(st.integers(0, 3)) == 0 else frozenset()
+        history[a.account_id] = AccountHistory(contacts, promises, removed)
     return day, now, accounts, history
 
 
@@ -164,8 +166,16 @@ def test_nothing_is_planned_for_a_paid_closed_held_or_promised_account(case: Cas
             or a.flags & HOLD_FLAGS
             or promised
         )
-        if held:
-            assert not [c for c in result.planned if c.account_id == a.account_id]
+        mine = [c for c in result.planned if c.account_id == a.account_id]
+        if (
+            held
+            and a.flags & HOLD_FLAGS == {Flag.CEASE}
+            and not (a.paid_in_full or a.status is not AccountStatus.ACTIVE or promised)
+        ):
+            # a cease request leaves only the letters the law requires
+            assert all(c.channel is Channel.LETTER and LEGAL[c.rule] for c in mine), mine
+        elif held:
+            assert not mine
         for c in result.planned:
             if c.account_id == a.account_id and c.channel is Channel.SMS:
                 assert Flag.NO_SMS not in a.flags and a.phone
@@ -248,3 +258,25 @@ def test_every_account_that_became_overdue_gets_a_first_contact_within_24_hours(
 def test_the_plan_is_deterministic(case: Case) -> None:
     day, now, accounts, history = case
     assert run(case) == plan(now, list(reversed(accounts)), history, POLICIES, Horizon(day))
+
+
+@SETTINGS
+@given(portfolios())
+def test_a_complaint_holds_everything_and_a_cease_leaves_only_required_letters(
+    case: Case,
+) -> None:
+    result = run(case)
+    by_id = {a.account_id: a for a in case[2]}
+    for c in result.planned:
+        flags = by_id[c.account_id].flags
+        assert Flag.COMPLAINT not in flags and Flag.DISPUTE not in flags, c
+        if Flag.CEASE in flags:
+            assert c.channel is Channel.LETTER and LEGAL[c.rule], c
+
+
+@SETTINGS
+@given(portfolios())
+def test_an_emergency_contact_removed_for_good_is_never_planned(case: Case) -> None:
+    _, _, _, history = case
+    for c in run(case).planned:
+        assert c.target not in history[c.account_id].removed_contacts, c

@@ -23,6 +23,7 @@ MODULES = {
     "scheduler.planner": {
         "FIRST_CONTACT_SEARCH_DAYS",
         "first_contact_catch_up",
+        "follow_up_rules",
         "plan",
         "plan_account",
         "rules_on",
