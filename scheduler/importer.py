@@ -42,14 +42,17 @@ __all__ = [
     "ACCOUNT_COLUMNS",
     "FORMATS",
     "REQUIRED_COLUMNS",
+    "Columns",
     "Defaults",
     "ImportFileError",
     "ImportReport",
     "PhoneBook",
+    "Rejects",
     "RowParser",
     "RowProblem",
     "detect_format",
     "import_accounts",
+    "open_source",
     "rejects_path_for",
 ]
 
@@ -542,7 +545,32 @@ class _Source:
     unknown: set[str] = field(default_factory=set)
 
 
-def _open_csv(handle: IO[str], name: str) -> _Source:
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The columns of one kind of input file: every known one (in order, for the rejects
+    file of a JSON Lines input) and the required ones."""
+
+    known: tuple[str, ...]
+    required: tuple[str, ...]
+
+    @property
+    def known_set(self) -> frozenset[str]:
+        return frozenset(self.known)
+
+
+_ACCOUNTS = Columns(ACCOUNT_COLUMNS, REQUIRED_COLUMNS)
+
+
+def open_source(handle: IO[str], fmt: str, name: str, columns: Columns) -> _Source:
+    """Open ``handle`` (``csv`` or ``jsonl``) for ``columns``: its records are (row number,
+    known column -> stripped text or the ``RowProblem`` that makes the row unreadable,
+    original fields). Raises ``ImportFileError`` when the file as a whole is unusable."""
+    if fmt == "csv":
+        return _open_csv(handle, name, columns)
+    return _open_jsonl(handle, columns)
+
+
+def _open_csv(handle: IO[str], name: str, spec: Columns = _ACCOUNTS) -> _Source:
     reader = csv.reader(handle)
     try:
         header = next(reader)
@@ -554,19 +582,22 @@ def _open_csv(handle: IO[str], name: str) -> _Source:
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
         raise ImportFileError(f"{name}: column(s) named twice: {', '.join(duplicates)}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in spec.required if c not in columns]
     if missing:
         raise ImportFileError(
             f"{name}: missing required column(s): {', '.join(missing)} "
             f"(the header has: {', '.join(columns) or 'nothing'})"
         )
-    unknown = {c for c in columns if c not in _KNOWN}
-    return _Source(columns, _csv_records(reader, columns, name), unknown)
+    known_set = spec.known_set
+    unknown = {c for c in columns if c not in known_set}
+    return _Source(columns, _csv_records(reader, columns, name, known_set), unknown)
 
 
-def _csv_records(reader: Any, columns: tuple[str, ...], name: str) -> Iterator[_Record]:
+def _csv_records(
+    reader: Any, columns: tuple[str, ...], name: str, known_set: frozenset[str] = _KNOWN
+) -> Iterator[_Record]:
     width = len(columns)
-    known = [(column, i) for i, column in enumerate(columns) if column in _KNOWN]
+    known = [(column, i) for i, column in enumerate(columns) if column in known_set]
     while True:
         start = reader.line_num + 1
         try:
@@ -586,13 +617,15 @@ def _csv_records(reader: Any, columns: tuple[str, ...], name: str) -> Iterator[_
         yield start, {column: fields[i].strip() for column, i in known}, fields
 
 
-def _open_jsonl(handle: IO[str]) -> _Source:
-    source = _Source(ACCOUNT_COLUMNS, iter(()))
-    source.records = _jsonl_records(handle, source.unknown)
+def _open_jsonl(handle: IO[str], spec: Columns = _ACCOUNTS) -> _Source:
+    source = _Source(spec.known, iter(()))
+    source.records = _jsonl_records(handle, source.unknown, spec.known_set)
     return source
 
 
-def _jsonl_records(handle: IO[str], unknown: set[str]) -> Iterator[_Record]:
+def _jsonl_records(
+    handle: IO[str], unknown: set[str], known: frozenset[str] = _KNOWN
+) -> Iterator[_Record]:
     for number, line in enumerate(handle, 1):
         if not line.strip():
             continue
@@ -604,12 +637,12 @@ def _jsonl_records(handle: IO[str], unknown: set[str]) -> Iterator[_Record]:
         if not isinstance(record, dict):
             yield number, RowProblem(number, "", "not a JSON object"), {}
             continue
-        unknown.update(k for k in record if k not in _KNOWN)
-        values = {k: _cell(v).strip() for k, v in record.items() if k in _KNOWN}
+        unknown.update(k for k in record if k not in known)
+        values = {k: _cell(v).strip() for k, v in record.items() if k in known}
         yield number, values, record
 
 
-class _Rejects:
+class Rejects:
     """The rejects file, opened on the first bad row: original fields + row/column/reason.
     Keeps the first ``SHOWN_PROBLEMS`` problems for the report."""
 
@@ -685,8 +718,8 @@ def import_accounts(
         raise ImportFileError(f"{path}: cannot read: {exc.strerror}") from exc
     with handle:
         try:
-            source = _open_csv(handle, path.name) if fmt == "csv" else _open_jsonl(handle)
-            run = _Run(RowParser(defaults), _Rejects(rejects_path_for(path), source.columns))
+            source = open_source(handle, fmt, path.name, _ACCOUNTS)
+            run = _Run(RowParser(defaults), Rejects(rejects_path_for(path), source.columns))
             counts = run.into(store, source, now=now, strict=strict, batch_size=batch_size)
         except UnicodeDecodeError as exc:
             raise ImportFileError(f"{path.name}: not UTF-8 text: {exc.reason}") from exc
@@ -708,7 +741,7 @@ def import_accounts(
 class _Run:
     """One pass over a file: parse, send good rows to the store, bad ones to the rejects."""
 
-    def __init__(self, parser: RowParser, rejects: _Rejects) -> None:
+    def __init__(self, parser: RowParser, rejects: Rejects) -> None:
         self.parser = parser
         self.rejects = rejects
         self.rows = 0

@@ -185,7 +185,8 @@ class Promise:
     promised_date: date
     status: PromiseStatus = PromiseStatus.PENDING
     paid_before: Decimal = Decimal(0)
-    promise_id: int | None = None
+    #: The store's id (``None`` before it is stored); not part of the value's equality.
+    promise_id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

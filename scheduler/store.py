@@ -51,6 +51,7 @@ from scheduler.tables import (
     audit_log,
     contacts,
     from_stored,
+    outcomes,
     promises,
 )
 
@@ -69,6 +70,8 @@ UPGRADE_COMMAND = "remind db upgrade"
 UPSERT_BATCH = 5_000
 _IN_CHUNK = 5_000
 _PERFORMED_STATUSES = ("sent", "failed")
+#: How far before ``since`` broken promises are still read (their follow-up may be due).
+_BROKEN_PROMISE_DAYS = 31
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -764,27 +767,34 @@ class Store:
     ) -> dict[str, AccountHistory]:
         """What happened to these accounts (``None``: every account), keyed by account_id:
         contacts performed at or after ``since`` (status sent or failed, or carrying an
-        outcome), oldest first, and every pending promise, earliest promised date first.
-        Accounts with neither are absent. Raises ``StoreError``."""
+        outcome), oldest first; every pending promise and those broken in the month before
+        ``since``, earliest promised date first; the emergency contacts removed for good.
+        Accounts with none of these are absent. Raises ``StoreError``."""
         require_aware(since, "since")
         if account_ids is not None and not account_ids:
             return {}
         found_contacts: defaultdict[str, list[PastContact]] = defaultdict(list)
         found_promises: defaultdict[str, list[Promise]] = defaultdict(list)
+        found_removed: defaultdict[str, set[str]] = defaultdict(set)
         with db_errors("cannot read contact history"), self._engine.connect() as conn:
             for where in self._id_filters(account_ids):
                 for row in conn.execute(self._performed_query(since, where)):
                     found_contacts[row.account_id].append(_past_contact(row))
-                for row in conn.execute(self._pending_promises_query(where)):
+                for row in conn.execute(self._promises_query(where, since)):
                     found_promises[row.account_id].append(
-                        Promise(row.account_id, row.amount, row.promised_date)
-                    )
+                        Promise(row.account_id, row.amount, row.promised_date,
+                                PromiseStatus(row.status), row.paid_before, row.id)
+                    )  # fmt: skip
+                for row in conn.execute(self._removed_query(where)):
+                    found_removed[row.account_id].add(row.target)
+        keys = found_contacts.keys() | found_promises.keys() | found_removed.keys()
         return {
             key: AccountHistory(
                 contacts=tuple(found_contacts.get(key, ())),
                 promises=tuple(found_promises.get(key, ())),
+                removed_contacts=frozenset(found_removed.get(key, ())),
             )
-            for key in sorted(found_contacts.keys() | found_promises.keys())
+            for key in sorted(keys)
         }
 
     @staticmethod
@@ -809,14 +819,33 @@ class Store:
         return stmt.order_by(c.account_id, c.performed_at, c.contact_id)
 
     @staticmethod
-    def _pending_promises_query(ids: Sequence[str] | None) -> sa.Select[Any]:
+    def _promises_query(ids: Sequence[str] | None, since: datetime) -> sa.Select[Any]:
+        """Pending promises, and broken ones recent enough for a follow-up rule."""
         p = promises.c
-        stmt = sa.select(p.account_id, p.amount, p.promised_date).where(
-            p.status == PromiseStatus.PENDING.value
+        recent = since.date() - timedelta(days=_BROKEN_PROMISE_DAYS)
+        stmt = sa.select(
+            p.id, p.account_id, p.amount, p.promised_date, p.status, p.paid_before
+        ).where(
+            sa.or_(
+                p.status == PromiseStatus.PENDING.value,
+                sa.and_(p.status == PromiseStatus.BROKEN.value, p.promised_date >= recent),
+            )
         )
         if ids is not None:
             stmt = stmt.where(p.account_id.in_(ids))
         return stmt.order_by(p.account_id, p.promised_date, p.id)
+
+    @staticmethod
+    def _removed_query(ids: Sequence[str] | None) -> sa.Select[Any]:
+        """Emergency contacts removed for good (objected, or a wrong number): any age."""
+        o = outcomes.c
+        stmt = sa.select(o.account_id, o.target).where(
+            o.result.in_((Outcome.THIRD_PARTY_OBJECTED.value, Outcome.WRONG_NUMBER.value)),
+            o.target != "borrower",
+        )
+        if ids is not None:
+            stmt = stmt.where(o.account_id.in_(ids))
+        return stmt.distinct()
 
     # -- writes used by case work, the dispatcher, tests and benches --
 
@@ -885,6 +914,7 @@ class Store:
             "account_id": promise.account_id,
             "amount": promise.amount,
             "promised_date": promise.promised_date,
+            "paid_before": promise.paid_before,
             "status": promise.status.value,
             "created_at": now,
             "closed_at": None if promise.status is PromiseStatus.PENDING else now,

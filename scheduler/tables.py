@@ -31,6 +31,8 @@ __all__ = [
     "AuditRow",
     "ContactRow",
     "DaemonStateRow",
+    "NoteRow",
+    "OutcomeRow",
     "PromiseRow",
     "ScaledDecimal",
     "account_flags",
@@ -40,6 +42,8 @@ __all__ = [
     "daemon_state",
     "from_stored",
     "metadata",
+    "notes",
+    "outcomes",
     "promises",
 ]
 
@@ -179,6 +183,9 @@ class PromiseRow(SQLModel, table=True):
     status: str = "pending"
     created_at: datetime
     closed_at: datetime | None = None
+    paid_before: Decimal = Field(
+        default=Decimal(0), sa_type=ScaledDecimal, sa_column_kwargs={"server_default": sa.text("0")}
+    )
 
 
 class AccountFlagRow(SQLModel, table=True):
@@ -194,8 +201,51 @@ class AccountFlagRow(SQLModel, table=True):
     note: str = ""
 
 
+class OutcomeRow(SQLModel, table=True):
+    """What came of one contact (``models.OutcomeRecord``), recorded once: the unique
+    (account, at, channel, target, result) makes a re-imported file add nothing."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (
+        sa.Index("uq_outcomes_event", "account_id", "at", "channel", "target", "result",
+                 unique=True),
+        sa.Index("ix_outcomes_result", "result"),
+        sa.Index("ix_outcomes_at", "at"),
+    )  # fmt: skip
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    account_id: str = Field(foreign_key="accounts.account_id")
+    at: datetime
+    channel: str
+    result: str
+    target: str
+    number: str | None = None
+    contact_id: str | None = None
+    rule: str | None = None
+    promise_amount: Decimal | None = Field(default=None, sa_type=ScaledDecimal)
+    promise_date: date | None = None
+    note: str = Field(default="", sa_type=sa.Text)
+    source: str
+    policy_version: str | None = None
+    recorded_at: datetime
+
+
+class NoteRow(SQLModel, table=True):
+    """A case note (``remind note``)."""
+
+    __tablename__ = "notes"
+    __table_args__ = (sa.Index("ix_notes_account_at", "account_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    account_id: str = Field(foreign_key="accounts.account_id")
+    at: datetime
+    text: str = Field(sa_type=sa.Text)
+    author: str
+
+
 class AuditRow(SQLModel, table=True):
-    """One audit event. Append-only: nothing in remind updates or deletes these rows."""
+    """One audit event. Append-only: nothing in remind updates these rows; ``remind db
+    prune`` deletes only rows older than ``[store] audit_retention_days``."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
@@ -233,3 +283,5 @@ promises = metadata.tables["promises"]
 account_flags = metadata.tables["account_flags"]
 audit_log = metadata.tables["audit_log"]
 daemon_state = metadata.tables["daemon_state"]
+outcomes = metadata.tables["outcomes"]
+notes = metadata.tables["notes"]
