@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 from policies import PolicySet, check_policies, load_policies
+from scheduler.cases import CaseFile
+from scheduler.cli_cases import audit, export_app, note, outcome, outcomes_app, report_app
 from scheduler.cli_common import (
     EXIT_INVALID,
     ConfigOption,
@@ -25,7 +27,7 @@ from scheduler.cli_daemon import calls_app, run, status
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.config import Settings
 from scheduler.errors import PolicyError
-from scheduler.models import Account, AccountHistory, Horizon, Plan
+from scheduler.models import Account, AccountHistory, CaseNote, Horizon, Plan
 from scheduler.planner import plan
 from scheduler.planning import load_for_plan
 from scheduler.render import Templates, check_templates, template_dirs
@@ -55,6 +57,12 @@ app.add_typer(calls_app, name="calls")
 app.command("sample-portfolio")(sample_portfolio)
 app.command("run")(run)
 app.command("status")(status)
+app.command("outcome")(outcome)
+app.add_typer(outcomes_app, name="outcomes")
+app.command("note")(note)
+app.command("audit")(audit)
+app.add_typer(export_app, name="export")
+app.add_typer(report_app, name="report")
 
 NowOption = Annotated[
     datetime | None,
@@ -102,6 +110,7 @@ class _PlanRun:
     policies: PolicySet
     accounts: list[Account]
     history: dict[str, AccountHistory]
+    notes: tuple[CaseNote, ...] = ()
 
     @classmethod
     def prepare(
@@ -119,9 +128,10 @@ class _PlanRun:
         store = open_store(settings)
         try:
             accounts, history = load_for_plan(store, policies, horizon, moment, account_id)
+            notes = CaseFile(store).notes(account_id) if account_id is not None else []
         finally:
             store.close()
-        return cls(moment, horizon, policies, accounts, history)
+        return cls(moment, horizon, policies, accounts, history, tuple(notes))
 
 
 @app.command("dry-run")
@@ -199,6 +209,10 @@ def explain(
     print_decisions(result.decisions.get(account.account_id, ()), console)
     if result.handover:
         console.print("listed for hand-over: no automated contact")
+    for case_note in run.notes:
+        author = f" ({case_note.author})" if case_note.author else ""
+        console.print(f"note {case_note.at:%Y-%m-%d %H:%M} UTC{author}: {case_note.text}",
+                      markup=False, highlight=False)  # fmt: skip
 
 
 @policy_app.command("check")

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scheduler.cases import CaseFile, Recorded
+from scheduler.cli_cases import parse_amount, parse_date, parse_result, record_outcome
 from scheduler.cli_common import (
     EXIT_INVALID,
     ConfigOption,
@@ -33,7 +35,7 @@ from scheduler.daemon import (
     single_instance_lock,
 )
 from scheduler.logs import configure_logging, mask_phone
-from scheduler.models import Outcome
+from scheduler.models import Channel, OutcomeRecord
 from scheduler.queue import ContactQueue, QueuedContact
 from scheduler.store import open_store
 
@@ -186,23 +188,35 @@ def calls_outcome(
     result: Annotated[str, typer.Option("--result", help="What happened, e.g. no_answer.")],
     agent: Annotated[str, typer.Option("--agent")] = "",
     note: Annotated[str, typer.Option("--note")] = "",
+    promise_amount: Annotated[str | None, typer.Option("--promise-amount")] = None,
+    promise_date: Annotated[str | None, typer.Option("--promise-date")] = None,
     config: ConfigOption = None,
     now: NowOption = None,
 ) -> None:
-    """Record what came of a call task (once)."""
+    """Record what came of a call task (once); the same record and effects as
+    ``remind outcome``."""
     try:
-        outcome = Outcome(result)
-    except ValueError:
-        known = ", ".join(o.value for o in Outcome if o not in (Outcome.SENT, Outcome.FAILED))
-        typer.echo(f"unknown result {result!r}; one of: {known}", err=True)
+        outcome = parse_result(result)
+    except typer.BadParameter as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_INVALID) from None
     settings = settings_from(config)
+    moment = now_from(now)
+    book = load_rulebook(settings)
     with open_store(settings) as store:
-        done = ContactQueue(store).record_call_outcome(
-            contact_id, outcome, agent=agent, now=now_from(now), note=note
-        )
-    if not done:
+        task = CaseFile(store).call_task(contact_id)
+        done = Recorded.NO_TASK
+        if task is not None and not task.has_outcome:
+            record = OutcomeRecord(
+                account_id=task.account_id, at=moment, channel=Channel.CALL, result=outcome,
+                target=task.target, contact_id=contact_id, rule=task.rule,
+                promise_amount=parse_amount(promise_amount), promise_date=parse_date(promise_date),
+                note=note, source=f"calls agent:{agent}" if agent else "calls",
+            )  # fmt: skip
+            done, effects = record_outcome(store, book, record, now=moment)
+    if done is not Recorded.RECORDED:
         typer.echo(f"no open call task {contact_id} (unknown, or its outcome is recorded)",
                    err=True)  # fmt: skip
         raise typer.Exit(1)
-    typer.echo(f"{contact_id}: {outcome.value} recorded")
+    tail = f" ({'; '.join(effects)})" if effects else ""
+    typer.echo(f"{contact_id}: {outcome.value} recorded{tail}")

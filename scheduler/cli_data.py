@@ -7,7 +7,7 @@ file, config or arguments; 3 store problem.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -15,11 +15,14 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.markup import escape
 
+from scheduler.cases import CaseFile
 from scheduler.cli_common import (
     EXIT_INVALID,
     ConfigOption,
+    NowOption,
     err_console,
     exits_cleanly,
+    now_from,
     settings_from,
 )
 from scheduler.config import Settings
@@ -35,7 +38,10 @@ from scheduler.store import Store, head_revision, open_store
 
 __all__ = ["accounts_app", "db_app", "sample_portfolio"]
 
-db_app = typer.Typer(help="The store's schema: show it, upgrade it.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The store's schema (show it, upgrade it) and its audit log's retention.",
+    no_args_is_help=True,
+)
 accounts_app = typer.Typer(help="Accounts: import the lender's file.", no_args_is_help=True)
 
 
@@ -71,6 +77,46 @@ def db_current(config: ConfigOption = None) -> None:
         typer.echo("up to date")
     else:
         typer.echo(f"behind: run `remind db upgrade --config {settings.config_path}`")
+
+
+@db_app.command("prune")
+@exits_cleanly
+def db_prune(
+    before: Annotated[
+        str | None, typer.Option("--before", help="Delete audit events before this day (UTC).")
+    ] = None,
+    older_than: Annotated[
+        int | None, typer.Option("--older-than", help="Delete audit events older than N days.")
+    ] = None,
+    config: ConfigOption = None,
+    now: NowOption = None,
+) -> None:
+    """Delete audit events older than a cut-off. Refused (exit 2) when the cut-off would
+    remove anything younger than ``[store] audit_retention_days`` (default 730)."""
+    if (before is None) == (older_than is None):
+        raise typer.BadParameter("give exactly one of --before DATE or --older-than DAYS")
+    settings = settings_from(config)
+    moment = now_from(now)
+    if before is not None:
+        cutoff = datetime.combine(_parse_day(before), datetime.min.time(), tzinfo=UTC)
+    else:
+        cutoff = moment - timedelta(days=older_than or 0)
+    keep_from = moment - timedelta(days=settings.audit_retention_days)
+    if cutoff > keep_from:
+        err_console.print(
+            f"[bold red]refused:[/] audit events are kept {settings.audit_retention_days} days "
+            f"([store] audit_retention_days); the cut-off {cutoff:%Y-%m-%d %H:%M} UTC would "
+            f"remove events younger than that. The earliest allowed cut-off is "
+            f"{keep_from:%Y-%m-%d %H:%M} UTC."
+        )
+        raise typer.Exit(EXIT_INVALID)
+    with open_store(settings) as store:
+        removed = CaseFile(store).prune_audit(cutoff)
+        store.record_audit(
+            "audit_pruned", at=moment,
+            detail={"before": cutoff.isoformat(), "removed": removed},
+        )  # fmt: skip
+    typer.echo(f"removed {removed} audit event(s) before {cutoff:%Y-%m-%d %H:%M} UTC")
 
 
 FileArgument = Annotated[

@@ -29,9 +29,10 @@ __all__ = [
 ]
 
 DEFAULT_LOCATIONS: tuple[Path, ...] = (Path("config.toml"), Path("/etc/remind/config.toml"))
+DEFAULT_AUDIT_RETENTION_DAYS = 730
 
 _SCHEMA: dict[str, dict[str, type]] = {
-    "store": {"url": str},
+    "store": {"url": str, "audit_retention_days": int},
     "ops": {"timezone": str, "lender_name": str},
     "borrower_defaults": {"timezone": str, "country": str, "language": str, "currency": str},
     "policy": {"dir": str},
@@ -105,6 +106,9 @@ class Settings:
     default_currency: str
     policy_dir: Path
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    #: ``[store] audit_retention_days``: audit events younger than this are never pruned
+    #: (default 730 days, two years: the card rules' minimum).
+    audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
 
 
@@ -156,8 +160,19 @@ def load_settings(explicit: Path | None = None, env: Mapping[str, str] | None = 
         policy_dir=(base / get("policy", "dir", "policies")).resolve(),
         daemon=_daemon(path, data.get("daemon", {})),
         channels=_channels(path, data.get("channels", {})),
+        audit_retention_days=_retention(path, data.get("store", {})),
     )
     return settings
+
+
+def _retention(path: Path, table: Mapping[str, Any]) -> int:
+    days = int(table.get("audit_retention_days", DEFAULT_AUDIT_RETENTION_DAYS))
+    if days < DEFAULT_AUDIT_RETENTION_DAYS:
+        raise ConfigError(
+            f"{path}: store.audit_retention_days must be at least "
+            f"{DEFAULT_AUDIT_RETENTION_DAYS} (two years: the card rules' minimum)"
+        )
+    return days
 
 
 def _daemon(path: Path, table: dict[str, Any]) -> DaemonSettings:

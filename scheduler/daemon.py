@@ -39,6 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from channels.registry import factory
 from policies import load_policies
+from scheduler.cases import CaseFile
 from scheduler.config import Settings
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
@@ -195,6 +196,11 @@ class Daemon:
             first = max(min(first, resume), today - timedelta(days=MAX_CATCH_UP_DAYS))
         last = today + timedelta(days=self.settings.daemon.plan_days)
         horizon = Horizon(first, (last - first).days + 1)
+        kept, broken = CaseFile(self.store).settle_promises(
+            book.policies, now=now, policy_version=book.version
+        )
+        if kept or broken:
+            log.info("promises.settled", kept=kept, broken=broken)
         accounts, history = load_for_plan(self.store, book.policies, horizon, now, None)
         result = plan(now, accounts, history, book.policies, horizon)
         missed = [s for s in result.suppressed if s.reason is Reason.WINDOW_PASSED]

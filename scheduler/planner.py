@@ -281,9 +281,10 @@ class _AccountDays:
                 yield from self._follow_ups(rule, day)
 
     def _follow_ups(self, rule: Rule, day: date) -> Iterator[_Candidate]:
-        """A broken-promise rule asks for one contact per broken promise, on the first day
-        from the one the promise broke on whose window has allowed time (searching
-        ``FIRST_CONTACT_SEARCH_DAYS``), unless history shows it was made."""
+        """A broken-promise rule asks for one contact per broken promise, every day from the
+        one the promise broke on (for ``FIRST_CONTACT_SEARCH_DAYS``) until it is planned:
+        the first day on which time rules and caps (a conversation's cool-down) allow it.
+        History showing it made, or this plan having it already, ends the asking."""
         rules = self.policy.suppressions
         for promise in self.history.promises:
             if promise_state(promise, self.account, day, rules) is not PromiseStatus.BROKEN:
@@ -299,9 +300,8 @@ class _AccountDays:
                 if self.explain:
                     self._note(candidate, Verdict.NOT_DUE, "already made (in the contact history)")
                 continue
-            earlier = (broke + timedelta(days=k) for k in range((day - broke).days))
-            if any(self._spans(rule, d, clip_to_now=False) for d in earlier):
-                continue  # it belonged to an earlier allowed day
+            if any(p.rule == rule.id and p.step == candidate.step for p in self.planned):
+                continue  # planned on an earlier day of this plan
             yield candidate
 
     def _not_done(self, candidates: Iterator[_Candidate]) -> Iterator[_Candidate]:

@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from policies import PolicySet
 from scheduler.errors import RemindError
-from scheduler.models import Account, AccountHistory, Horizon
-from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, rules_on
+from scheduler.models import Account, AccountHistory, AccountStatus, Horizon
+from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, follow_up_rules, rules_on
 from scheduler.store import Store
 
 __all__ = ["due_dates_for", "history_since", "load_for_plan"]
@@ -63,4 +63,26 @@ def load_for_plan(
         for batch in store.accounts_due_on(due_dates, due_until=handover_until, now=now)
         for a in batch
     ]
-    return accounts, store.history(None, since=since)
+    history = store.history(None, since=since)
+    accounts += _with_follow_ups(store, policies, history, {a.account_id for a in accounts}, now)
+    return accounts, history
+
+
+def _with_follow_ups(
+    store: Store,
+    policies: PolicySet,
+    history: dict[str, AccountHistory],
+    loaded: set[str],
+    now: datetime,
+) -> list[Account]:
+    """Accounts with a promise (pending or recently broken) that no DPD rule brought in: a
+    broken-promise rule may fire for them on any day."""
+    if not any(follow_up_rules(policies, p) for p in policies.policies):
+        return []
+    wanted = {key for key, h in history.items() if h.promises and key not in loaded}
+    found = store.accounts_by_id(wanted, now=now)
+    return [
+        found[key]
+        for key in sorted(found)
+        if found[key].status is AccountStatus.ACTIVE and not found[key].paid_in_full
+    ]

@@ -117,3 +117,21 @@ def test_an_emergency_contact_who_objected_is_never_contacted_again() -> None:
     assert third == [contacts[1]]
     removed = [s for s in result.suppressed if s.target == contacts[0]]
     assert [s.reason.value for s in removed] == ["third_party_removed"]
+
+
+def test_a_follow_up_waits_for_the_conversation_cool_down_to_end() -> None:
+    # Given the promise was made in a call on 2026-11-24 10:00 (a conversation)
+    call = PastContact(
+        "A1", Channel.CALL, "manual", datetime(2026, 11, 24, 2, tzinfo=UTC), Outcome.PROMISE
+    )
+    promise = Promise("A1", Decimal(1000), date(2026, 11, 26))
+    history = AccountHistory(contacts=(call,), promises=(promise,))
+    # When the promise breaks on 11-28, inside the 7-day cool-down
+    result = run(history, date(2026, 11, 28), 5, due_date=date(2026, 11, 2))
+    # Then the follow-up call is held by the cool-down, and made the first day it ends
+    follow = [
+        (f"{c.window_start:%Y-%m-%d %H:%M}") for c in result.planned if c.rule == "broken_promise"
+    ]
+    assert follow == ["2026-12-01 10:00"]
+    held = {s.reason.value for s in result.suppressed if s.rule == "broken_promise"}
+    assert held == {"cap_conversation_cooldown"}
