@@ -447,7 +447,8 @@ class CaseFile:
         result = sa.func.coalesce(_C.outcome, _C.status)
         with db_errors("cannot read contacts"), self._engine.connect() as conn:
             by_channel: dict[str, int] = {ch: n for ch, n in conn.execute(
-                sa.select(_C.channel, sa.func.count()).where(performed).group_by(_C.channel))}  # fmt: skip
+                sa.select(_C.channel, sa.func.count()).where(performed)
+                .group_by(_C.channel))}  # fmt: skip
             by_rule = {(ch, rule): n for ch, rule, n in conn.execute(
                 sa.select(_C.channel, _C.rule, sa.func.count()).where(performed)
                 .group_by(_C.channel, _C.rule))}  # fmt: skip
