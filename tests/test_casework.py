@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from typer.testing import CliRunner, Result
 
 from scheduler.cli import app
@@ -27,6 +30,18 @@ HEADER = ["account_id", "phone", "due_date", "amount_due", "amount_paid", "emerg
 
 def at(day: str, hh_mm: str = "20:00") -> str:
     return f"{day}T{hh_mm}:00+08:00"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``remind run --once`` in-process points structlog and the root logger at the
+    runner's stream, closed when the command returns; put them back for the next tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -161,8 +161,11 @@ def test_a_pending_promise_holds_contact_until_its_date_plus_the_grace_day() -> 
     history = {a.account_id: AccountHistory(promises=(promise,))}
     held = plan_day(a, history=history)
     assert held.planned == () and set(reasons(held).values()) == {"promise_pending"}
-    after_grace = plan_day(a, history=history, day=DAY + timedelta(days=2))  # DPD 6: early_call
-    assert [c.rule for c in after_grace.planned] == ["early_call"]
+    # After the grace day the promise is broken: contact resumes with the broken-promise
+    # follow-up call, which takes the morning call block from the DPD 6 early_call
+    after_grace = plan_day(a, history=history, day=DAY + timedelta(days=2))
+    assert [c.rule for c in after_grace.planned] == ["broken_promise"]
+    assert reasons(after_grace) == {"early_call": "cap_min_gap"}
 
 
 @pytest.mark.parametrize(
