@@ -18,7 +18,8 @@ A contact row moves through these statuses, and only these::
   and someone else claimed it) changes nothing.
 
 Call tasks of the ``call_queue`` channel stay ``sent`` (handed to the agents' queue) until an
-agent takes one (``next_call``) and records its outcome (``record_call_outcome``).
+agent takes one (``next_call``) and records its outcome (``cases.CaseFile.record_outcomes``,
+the one path for every outcome: ``remind calls outcome`` and ``remind outcome``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from scheduler.models import Channel, Outcome, PlannedContact, SuppressedContact
+from scheduler.models import Channel, PlannedContact, SuppressedContact
 from scheduler.store import Store, db_errors, require_aware
 from scheduler.tables import audit_log, contacts, daemon_state
 
@@ -392,37 +393,6 @@ class ContactQueue:
         )
         with db_errors("cannot read call tasks"), self._engine.connect() as conn:
             return [_queued(row) for row in conn.execute(stmt)]
-
-    def record_call_outcome(
-        self, contact_id: str, outcome: Outcome, *, agent: str, now: datetime, note: str = ""
-    ) -> bool:
-        """Record what came of a call task: its outcome, performed at ``now``; releases the
-        agent's hold. Returns False when there is no such call task or it already has an
-        outcome (an outcome is recorded once)."""
-        require_aware(now, "now")
-        stmt = (
-            contacts.update()
-            .where(
-                _C.contact_id == contact_id,
-                _C.channel == Channel.CALL.value,
-                _C.status == "sent",
-                _C.outcome.is_(None),
-            )
-            .values(outcome=outcome.value, performed_at=now, lease_owner=None,
-                    lease_until=None, updated_at=now)
-            .returning(_C.account_id, _C.rule)
-        )  # fmt: skip
-        with db_errors("cannot record the call outcome"), self._engine.begin() as conn:
-            row = conn.execute(stmt).first()
-            if row is None:
-                return False
-            _audit(conn, [{
-                "at": now, "kind": "outcome", "account_id": row.account_id,
-                "contact_id": contact_id, "rule": row.rule, "channel": Channel.CALL.value,
-                "policy_version": None,
-                "detail": json.dumps({"outcome": outcome.value, "agent": agent, "note": note}),
-            }])  # fmt: skip
-        return True
 
 
 # --- rows ---------------------------------------------------------------------------------
