@@ -10,7 +10,16 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from scheduler.models import Channel, Outcome, PlannedContact, Reason, SuppressedContact
+from policies.outcomes import OutcomeEffects
+from scheduler.cases import CaseFile, Recorded
+from scheduler.models import (
+    Channel,
+    Outcome,
+    OutcomeRecord,
+    PlannedContact,
+    Reason,
+    SuppressedContact,
+)
 from scheduler.queue import ContactQueue, Settlement
 from scheduler.store import Store
 from scheduler.tables import audit_log, contacts
@@ -157,8 +166,21 @@ def test_agents_take_call_tasks_once_and_record_outcomes_once(store: Store) -> N
     assert first and second and first.contact_id != second.contact_id
     assert queue.next_call("cat", now=NOW) is None
     assert len(queue.open_calls(now=NOW)) == 2
-    assert queue.record_call_outcome(first.contact_id, Outcome.NO_ANSWER, agent="ann", now=NOW)
-    assert not queue.record_call_outcome(first.contact_id, Outcome.PROMISE, agent="ann", now=NOW)
+    cases = CaseFile(store)
+    account = store.account(first.account_id, now=NOW)
+    assert account is not None
+
+    def report(result: Outcome, at: datetime) -> Recorded:
+        record = OutcomeRecord(
+            first.account_id, at, Channel.CALL, result, target=first.target,
+            contact_id=first.contact_id, rule=first.rule, source="calls agent:ann",
+        )  # fmt: skip
+        [done] = cases.record_outcomes([(record, account, OutcomeEffects())], now=at,
+                                       policy_version="v")  # fmt: skip
+        return done
+
+    assert report(Outcome.NO_ANSWER, NOW) is Recorded.RECORDED
+    assert report(Outcome.PROMISE, NOW + timedelta(minutes=1)) is Recorded.NO_TASK
     assert [c.contact_id for c in queue.open_calls(now=NOW)] == [second.contact_id]
     history = store.history(["A0", "A1"], since=NOW - timedelta(days=1))
     outcomes = {p.outcome for h in history.values() for p in h.contacts}
@@ -167,7 +189,7 @@ def test_agents_take_call_tasks_once_and_record_outcomes_once(store: Store) -> N
         detail = conn.execute(
             sa.select(audit_log.c.detail).where(audit_log.c.kind == "outcome")
         ).scalar_one()
-    assert json.loads(detail)["agent"] == "ann"
+    assert json.loads(detail)["source"] == "calls agent:ann"
 
 
 def test_daemon_state_is_upserted(store: Store) -> None:
