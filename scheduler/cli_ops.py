@@ -205,7 +205,7 @@ def print_diff(result: PlanDiff, console: Console, *, sample: int) -> None:
             "reason",
             "before",
             "after",
-            title="Suppressed per reason (cap and quiet-hour effects)",
+            title="Held per reason (caps, quiet hours)",
             title_justify="left",
         )
         for reason, (a, b) in result.suppressed.items():
@@ -213,16 +213,9 @@ def print_diff(result: PlanDiff, console: Console, *, sample: int) -> None:
         console.print(held)
     picked = set(result.sample_accounts[:sample])
     if picked:
-        rows = Table(
-            "account",
-            "rule",
-            "channel",
-            "change",
-            "active",
-            "new",
-            title="Sample of affected accounts",
-            title_justify="left",
-        )
+        rows = Table(title="Sample of affected accounts", title_justify="left")
+        for name in ("account", "rule", "channel", "change", "active", "new"):
+            rows.add_column(name, no_wrap=name in ("account", "rule"))
         shown: set[str] = set()
         for c in result.changes:
             if c.account_id in picked and c.account_id not in shown:
@@ -378,6 +371,14 @@ def report_sla(
     _print_sla(days, output, settings.ops_timezone)
 
 
+_SLA_HEADERS = {
+    "became_overdue": "overdue",
+    "reached_in_time": "reached <24h",
+    "attempted_in_time": "tried <24h",
+    "not_planned": "not planned",
+}
+
+
 def _print_sla(days: Iterable[SlaDay], output: str, zone: str) -> None:
     rows = [d.row() for d in days]
     if output == "json":
@@ -390,11 +391,12 @@ def _print_sla(days: Iterable[SlaDay], output: str, zone: str) -> None:
         writer.writerows(rows)
         return
     table = Table(
-        "day",
-        *(c.replace("_", " ") for c in COLUMNS),
         title=f"First-24h contact per day (the day each account became overdue, {zone})",
         title_justify="left",
     )
+    table.add_column("day", no_wrap=True)
+    for column in COLUMNS:
+        table.add_column(_SLA_HEADERS.get(column, column), justify="right")
     totals = dict.fromkeys(COLUMNS, 0)
     for row in rows:
         table.add_row(str(row["day"]), *(str(row[c]) for c in COLUMNS))
