@@ -352,3 +352,20 @@ def _planned(account: str, due: date, day: date) -> PlannedContact:
         template="first_overdue_call",
         priority=100,
     )
+
+
+def test_forecast_plot_without_matplotlib_names_the_extra(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scheduler.cli_ops
+
+    real = scheduler.cli_ops.importlib.util.find_spec
+    monkeypatch.setattr(
+        scheduler.cli_ops.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    png = workdir / "f.png"
+    result = invoke(workdir, "forecast", "--days", "2", "--now", NOW, "--plot", str(png))
+    assert result.exit_code == 2 and not png.exists()
+    assert "pip install 'remind[plot]'" in result.stderr
