@@ -36,12 +36,21 @@ from scheduler.models import (
     AccountStatus,
     Channel,
     Flag,
+    Outcome,
     PastContact,
     PromiseStatus,
     Reason,
 )
 
-__all__ = ["Booking", "CapLedger", "Hold", "account_hold", "channel_hold", "condition_hold"]
+__all__ = [
+    "Booking",
+    "CapLedger",
+    "Hold",
+    "account_hold",
+    "channel_hold",
+    "condition_hold",
+    "third_party_hold",
+]
 
 _HOLD_ORDER = (
     Flag.DECEASED,
@@ -138,6 +147,20 @@ def condition_hold(
     return None
 
 
+def third_party_hold(target: str, history: AccountHistory, rules: Suppressions) -> Hold | None:
+    """The hold on an emergency contact (``target``, a number) who objected to being
+    contacted, when ``rules.third_party_objection_stops``: never again, for any rule."""
+    if target == "borrower" or not rules.third_party_objection_stops:
+        return None
+    for past in history.contacts:
+        if past.target == target and past.outcome is Outcome.THIRD_PARTY_OBJECTED:
+            return Hold(
+                Reason.THIRD_PARTY_OBJECTED,
+                f"this emergency contact objected on {past.at:%Y-%m-%d}; never contacted again",
+            )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Booking:
     """A contact counted by the caps: when it starts and ends, on which channel, to whom."""
@@ -219,6 +242,14 @@ class CapLedger:
             connected = sum(1 for b in today if b.reached)
             if connected >= caps.connected_calls_per_day:
                 return Reason.CAP_CONNECTED_CALLS
+        if channel is Channel.CALL and caps.call_attempts_per_day:
+            unanswered = sum(
+                1
+                for b in today
+                if b.channel is Channel.CALL and b.target == target and not b.reached
+            )
+            if unanswered >= caps.call_attempts_per_day:
+                return Reason.CAP_CALL_ATTEMPTS_DAILY
         return None
 
     def _lower_bound(self, earliest: datetime, channel: Channel, target: str) -> datetime:

@@ -23,6 +23,7 @@ from scheduler.cli_common import (
 )
 from scheduler.cli_daemon import calls_app, run, status
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
+from scheduler.cli_ops import forecast_command, policy_diff, report_app
 from scheduler.config import Settings
 from scheduler.errors import PolicyError
 from scheduler.models import Account, AccountHistory, Horizon, Plan
@@ -47,7 +48,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and compare policy files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(policy_app, name="policy")
@@ -55,6 +56,9 @@ app.add_typer(calls_app, name="calls")
 app.command("sample-portfolio")(sample_portfolio)
 app.command("run")(run)
 app.command("status")(status)
+app.command("forecast")(forecast_command)
+app.add_typer(report_app, name="report")
+policy_app.command("diff")(policy_diff)
 
 NowOption = Annotated[
     datetime | None,

@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from zoneinfo import ZoneInfo
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor as JobPool
@@ -40,13 +41,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from channels.registry import factory
 from policies import load_policies
 from scheduler.config import Settings
+from scheduler.diff import summary_fields
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
 from scheduler.planner import plan, sla_deadline
-from scheduler.planning import load_for_plan
+from scheduler.planning import compare_policies, load_for_plan
 from scheduler.queue import ContactQueue
 from scheduler.render import Templates, template_dirs
 from scheduler.store import Store
@@ -372,11 +374,27 @@ class Daemon:
             log.error("reload.rejected", problem=str(exc))
             self.notifier.ready(status="reload rejected; previous policy in force")
             return False
-        old = self._rulebook.version
+        old, previous = self._rulebook.version, self._rulebook
         self._rulebook = book
         log.info("reload.done", policy_version=book.version, previous=old)
+        threading.Thread(  # two dry-runs may outlast the watchdog: not on this thread
+            target=self._log_reload_diff, args=(previous, book), name="reload-diff", daemon=True
+        ).start()
         self.notifier.ready(status=f"policy {book.version} in force")
         return True
+
+    def _log_reload_diff(self, old: Rulebook, new: Rulebook) -> None:
+        """Log what the reload changes in tomorrow's plan (ops zone) as one ``reload.diff``
+        event: the summary ``remind policy diff`` prints."""
+        now = self.clock()
+        day = now.astimezone(ZoneInfo(self.settings.ops_timezone)).date() + timedelta(days=1)
+        try:
+            diff = compare_policies(self.store, old.policies, new.policies, Horizon(day), now)
+        except RemindError as exc:
+            log.warning("reload.diff_failed", error=str(exc))
+            return
+        log.info("reload.diff", day=day.isoformat(), policy_version=new.version,
+                 previous=old.version, **summary_fields(diff))  # fmt: skip
 
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
         self.notifier.stopping()

@@ -232,6 +232,8 @@ class Reason(StrEnum):
     CAP_CONNECTED_CALLS = "cap_connected_calls"
     CAP_MIN_GAP = "cap_min_gap"
     CAP_THIRD_PARTY = "cap_third_party"
+    CAP_CALL_ATTEMPTS_DAILY = "cap_call_attempts_daily"
+    THIRD_PARTY_OBJECTED = "third_party_objected"
     NOT_DUE = "not_due"
     RETRIES_EXHAUSTED = "retries_exhausted"
     PERMANENT_FAILURE = "permanent_failure"

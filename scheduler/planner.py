@@ -22,7 +22,15 @@ from zoneinfo import ZoneInfo
 
 from policies.hours import Span, intersect, to_utc
 from policies.loader import PolicySet
-from policies.rules import Booking, CapLedger, Hold, account_hold, channel_hold, condition_hold
+from policies.rules import (
+    Booking,
+    CapLedger,
+    Hold,
+    account_hold,
+    channel_hold,
+    condition_hold,
+    third_party_hold,
+)
 from policies.schema import PolicyFile, Rule, Target
 from scheduler.models import (
     Account,
@@ -266,6 +274,7 @@ class _AccountDays:
             or condition_hold(
                 c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone)
             )
+            or third_party_hold(c.target, self.history, self.policy.suppressions)
         )
         if hold is not None:
             return hold if c.nominal_day == day else None
@@ -530,4 +539,6 @@ _CAP_TEXT = {
     "other contacts",
     Reason.CAP_THIRD_PARTY: "this emergency contact was contacted within "
     "{caps.third_party_every_days} days",
+    Reason.CAP_CALL_ATTEMPTS_DAILY: "already {caps.call_attempts_per_day} unanswered call "
+    "attempts to this number that day (caps.call_attempts_per_day)",
 }

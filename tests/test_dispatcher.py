@@ -273,3 +273,32 @@ def test_recheck_of_a_late_first_24h_contact(
         assert result.window is not None
         local_start = result.window[0].astimezone(ZoneInfo(ZONE))
         assert local_start.date() == overdue_day + timedelta(days=window_day)
+
+
+def test_a_reload_logs_what_it_changes_in_tomorrows_plan(daemon: Daemon, tmp_path: Path) -> None:
+    import threading
+
+    from structlog.testing import capture_logs
+
+    from tests.factories import copy_policies
+
+    # Given a policy edit that moves the due-day SMS from 09:00 to 10:00 (the accounts are
+    # due tomorrow in the ops zone)
+    edited = copy_policies(tmp_path / "edited")
+    text = (edited / "default.toml").read_text()
+    (edited / "default.toml").write_text(text.replace('at = "09:00"\nuntil = "18:00"',
+                                                      'at = "10:00"\nuntil = "18:00"'))  # fmt: skip
+    daemon._reload = lambda: load_rulebook(daemon.settings, edited)
+    # When the daemon reloads
+    with capture_logs() as logs:
+        assert daemon.reload() is True
+        for thread in threading.enumerate():
+            if thread.name == "reload-diff":
+                thread.join(30)
+    # Then one event carries the diff summary
+    [event] = [e for e in logs if e["event"] == "reload.diff"]
+    assert event["policy_changes"] == ["default: rule.due_day_sms.at: 09:00 -> 10:00"]
+    assert event["by_rule"] == {
+        "due_day_sms/sms": {"old": 5, "new": 5, "added": 0, "removed": 0, "moved": 5}
+    }
+    assert event["moved"] == 5 and event["added"] == event["removed"] == 0
