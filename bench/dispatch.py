@@ -74,7 +74,7 @@ def remind_run(
     started, cpu = time.perf_counter(), time.process_time()
     settled = daemon.dispatcher.dispatch(Channel.SMS)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    daemon.dispatcher.close()
+    daemon.close()
     store.close()
     return {"contacts": settled, "wall_s": wall, "per_s": settled / wall,
             "cpu_ms_per_contact": 1000 * cpu / settled}  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -67,10 +68,17 @@ def run(
         )  # fmt: skip
         if once:
             counts = daemon.run_once()
-            daemon.dispatcher.close()
+            daemon.close()
             typer.echo(json.dumps(counts), err=True)
             return
-        raise typer.Exit(daemon.run())
+        code = daemon.run()
+        if not daemon.drained:
+            # A tick outlived the drain (a plan is one transaction: abandoning it writes
+            # nothing); its worker thread would hold the interpreter's exit, so leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise typer.Exit(code)
 
 
 @exits_cleanly

@@ -20,6 +20,7 @@ previous rulebook stays in force.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ from scheduler.config import Settings
 from scheduler.diff import summary_fields
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
+from scheduler.leader import Leadership, leadership_for
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
@@ -136,6 +138,11 @@ class single_instance_lock:  # used as a context manager: named like one
             self._handle.close()
 
 
+class _NotBusyNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
 class Daemon:
     """The long-running service. Parts are passed in; ``run()`` blocks until stopped."""
 
@@ -150,6 +157,7 @@ class Daemon:
         notifier: Notifier | None = None,
         owner: str | None = None,
         reload: Callable[[], Rulebook] | None = None,
+        leader: Leadership | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -159,6 +167,9 @@ class Daemon:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._rulebook = rulebook
         self._reload = reload
+        self.leader = leader or leadership_for(store.engine)
+        self._leading: bool | None = None  # not asked yet
+        self.drained = True  # False when a tick outlived the drain at shutdown
         self.metrics = Metrics()
         self.stop = threading.Event()
         self._reload_requested = threading.Event()
@@ -185,6 +196,8 @@ class Daemon:
     def tick_plan(self) -> tuple[int, int]:
         """Materialise the plan (see the module docstring); returns (planned, missed) rows
         inserted."""
+        if not self._lead():
+            return 0, 0
         started = time.monotonic()
         now = self.clock()
         book = self._rulebook
@@ -204,7 +217,8 @@ class Daemon:
             result.planned, missed, now=now, policy_version=book.version
         )
         self.queue.set_state(
-            {"planned_through": last.isoformat(), "tick.plan": now.isoformat()},
+            {"planned_through": last.isoformat(), "tick.plan": now.isoformat(),
+             "planner": self.owner},
             owner=self.owner, now=now,
         )  # fmt: skip
         self._ticked("plan", started)
@@ -227,7 +241,13 @@ class Daemon:
 
     def tick_watch(self) -> int:
         """Record SLA breaches of first-24h contacts still unsent at their deadline; refresh
-        the queue gauges. Returns how many breaches were newly recorded."""
+        the queue gauges. Returns how many breaches were newly recorded. Only the leader
+        watches; a follower that finds the lead free takes it here and plans at once."""
+        was_leading = self._leading
+        if not self._lead():
+            return 0
+        if was_leading is False:  # took over from a leader that went: plan at once
+            self.tick_plan()
         started = time.monotonic()
         now = self.clock()
         rules = first_contact_rules(self._rulebook.policies)
@@ -258,6 +278,14 @@ class Daemon:
         self.queue.set_state({"tick.watch": now.isoformat()}, owner=self.owner, now=now)
         self._ticked("watch", started)
         return len(new)
+
+    def _lead(self) -> bool:
+        """Whether this daemon plans and watches now (see ``scheduler.leader``)."""
+        leading = self.leader.acquire()
+        if leading != self._leading:
+            log.info("leader.changed", owner=self.owner, leading=leading)
+            self._leading = leading
+        return leading
 
     def _ticked(self, tick: str, started: float) -> None:
         self.metrics.tick_seconds.labels(tick).observe(time.monotonic() - started)
@@ -311,6 +339,8 @@ class Daemon:
 
     def _scheduler(self) -> BackgroundScheduler:
         d = self.settings.daemon
+        # a tick longer than its interval is normal under load: not a warning every 0.2 s
+        logging.getLogger("apscheduler.scheduler").addFilter(_NotBusyNoise())
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": JobPool(len(self.dispatcher.lanes) + 2)},
@@ -402,9 +432,15 @@ class Daemon:
         drained = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
         drained.start()
         drained.join(self.settings.daemon.drain_seconds)
+        self.drained = not drained.is_alive()
         with suppress(StoreError):
             left = self.queue.release(self.owner, now=self.clock())
-            log.info("daemon.stopped", released=left, drained=not drained.is_alive())
+            log.info("daemon.stopped", released=left, drained=self.drained)
+        self.close()
+
+    def close(self) -> None:
+        """Give up the lead and close the channels (after ``run_once`` or ``run``)."""
+        self.leader.release()
         self.dispatcher.close()
 
     def _install_signals(self) -> None:

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from scheduler.bulk import insert_new, insert_rows
 from scheduler.models import Channel, Outcome, PlannedContact, SuppressedContact
 from scheduler.store import Store, db_errors, require_aware
 from scheduler.tables import audit_log, contacts, daemon_state
@@ -146,12 +147,7 @@ class ContactQueue:
         if not rows:
             return 0, 0
         with db_errors("cannot materialise the plan"), self._engine.begin() as conn:
-            inserted: set[str] = set()
-            insert = _insert_ignoring_duplicates(conn)
-            for start in range(0, len(rows), 2_000):
-                part = rows[start : start + 2_000]
-                result = conn.execute(insert.returning(_C.contact_id), part)
-                inserted.update(r[0] for r in result)
+            inserted = insert_new(conn, contacts, rows, "contact_id")
             new = [r for r in rows if r["contact_id"] in inserted]
             _audit(conn, [_planned_event(r, now) for r in new])
         missed_count = sum(1 for r in new if r["status"] == "missed")
@@ -428,12 +424,6 @@ class ContactQueue:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _insert_ignoring_duplicates(conn: Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
-    return sqlite.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
-
-
 def _planned_row(c: PlannedContact, now: datetime, version: str) -> dict[str, Any]:
     return {
         "contact_id": c.contact_id,
@@ -540,5 +530,4 @@ def _settle_events(s: Settlement, now: datetime, version: str) -> list[dict[str,
 
 
 def _audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(audit_log.insert(), list(rows))
+    insert_rows(conn, audit_log, rows)

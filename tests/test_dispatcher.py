@@ -68,7 +68,7 @@ def daemon(store: Store, tmp_path: Path, clock: Clock, sms: RecordingChannel) ->
     )  # fmt: skip
     made.tick_plan()
     yield made
-    made.dispatcher.close()
+    made.close()
 
 
 def row(store: Store, account_id: str, rule: str = "pre_due_sms_1d") -> sa.Row[Any]:
