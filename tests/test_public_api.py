@@ -33,6 +33,7 @@ MODULES = {
         "ChannelSettings",
         "DaemonSettings",
         "Settings",
+        "SourceSettings",
         "find_config",
         "load_settings",
     },
