@@ -301,7 +301,7 @@ def _source(path: Path, where: str, body: Any, zone: str) -> SourceSettings:
         try:
             CronTrigger.from_crontab(cron, timezone=ZoneInfo(zone))
         except ValueError as exc:
-            raise ConfigError(f"{path}: {where}.cron: {exc} (e.g. \"*/5 * * * *\")") from exc
+            raise ConfigError(f'{path}: {where}.cron: {exc} (e.g. "*/5 * * * *")') from exc
     common = {"name": name, "kind": kind, "cron": cron, "enabled": body.get("enabled", True),
               "every_seconds": None if every is None else float(every)}  # fmt: skip
     if kind == "sql":

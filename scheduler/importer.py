@@ -1,9 +1,9 @@
 """Account import: a CSV or JSON Lines file -> validated ``Account`` values -> the store.
 
 The file is streamed (bounded memory at any size); ``import_rows`` does the same for rows
-read elsewhere (an account source's query), with the same checks and upsert. Every row is checked; good rows are
-upserted by account_id in ONE transaction, bad ones are written with their row number,
-column and reason to ``<stem>.rejects.csv`` beside the input (an older one is removed
+read elsewhere (an account source's query). Every row is checked; good rows are upserted by
+account_id in ONE transaction, bad ones are written with their row number, column and
+reason to ``<stem>.rejects.csv`` beside the input (an older one is removed
 first). ``strict`` imports nothing when any row is bad. Importing the same file twice
 changes nothing; a later file with a bigger ``amount_paid`` is how payments arrive.
 

@@ -17,6 +17,7 @@ MODULES = {
         "PolicyProblem",
         "RemindError",
         "SchemaBehindError",
+        "SourceError",
         "StoreError",
         "TransientChannelError",
     },
