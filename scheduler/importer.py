@@ -725,7 +725,9 @@ def import_rows(
     from 1 in ``rows``' order, with their account ids) and, when ``rejects_path`` is given,
     written there. Unknown keys are ignored. ``rows`` is consumed lazily, so an exception it
     raises midway (the source went away) rolls everything back and propagates. Records one
-    ``accounts_import`` audit event named ``label``. Raises ``StoreError``."""
+    ``accounts_import`` audit event named ``label`` when there were rows (a source polled
+    every minute would otherwise fill the audit log with empty runs; its ``source_runs`` rows
+    say it ran). Raises ``StoreError``."""
     unknown: set[str] = set()
 
     def records() -> Iterator[_Record]:
@@ -737,7 +739,8 @@ def import_rows(
     counts = run.into(store, _Source(ACCOUNT_COLUMNS, records()), now=now, strict=False,
                       batch_size=batch_size)  # fmt: skip
     report = run.report(Path(label), "rows", counts, unknown, strict=False)
-    _audit(store, report, now=now, strict=False)
+    if report.rows_read:
+        _audit(store, report, now=now, strict=False)
     return report
 
 
