@@ -6,6 +6,8 @@ which contacts a payment cancelled, and what a failed run records."""
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -16,7 +18,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
+from typer.testing import CliRunner
 
+from scheduler.cli import app
 from scheduler.config import SourceSettings, load_settings
 from scheduler.errors import ConfigError
 from scheduler.importer import Defaults
@@ -465,3 +470,54 @@ def test_two_sources_with_one_name_are_refused(tmp_path: Path) -> None:
     one = '[[sources]]\nname = "a"\nkind = "folder"\npath = "x"\nevery_seconds = 1\n'
     with pytest.raises(ConfigError, match="used twice"):
         load_settings(_config(tmp_path, one + one), env={})
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`sources run` configures structlog and the root logger for its process: undo it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_remind_sources_lists_them_and_sources_run_says_how_it_went(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = _config(tmp_path, (
+        f'[store]\nurl = "sqlite:///{tmp_path / "remind.db"}"\n'
+        f'[[sources]]\nname = "nightly"\nkind = "folder"\nevery_seconds = 60\n'
+        f'path = "{inbox}"\nsettle_seconds = 0\n'
+        '[[sources]]\nname = "loans"\nkind = "sql"\nevery_seconds = 60\nenabled = false\n'
+        f'url = "sqlite:///{tmp_path / "gone.db"}"\nquery = "SELECT * FROM loans"\n'
+    ))  # fmt: skip
+    cli = CliRunner()
+
+    def remind(*args: str) -> Any:
+        return cli.invoke(app, [*args, "--config", str(config)])
+
+    listed = remind("sources", "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    assert [(s["name"], s["last_run"]) for s in json_of(listed.output)] == [
+        ("nightly", None), ("loans", None)
+    ]  # fmt: skip
+    (inbox / "a.csv").write_text(HEADER + f"C1,+8613812345678,{DUE},1000.00,0\nC2,x,y,z,0\n")
+    ran = remind("sources", "run", "nightly")
+    assert ran.exit_code == 1, ran.output  # one row rejected
+    assert "2 rows read, 1 upserted, 1 rejected" in ran.output and "C2" in ran.output
+    assert remind("sources", "run", "loans").exit_code == 4  # the disabled one runs on demand
+    assert remind("sources", "run", "nope").exit_code == 2
+    after = {s["name"]: s for s in json_of(remind("sources", "--format", "json").output)}
+    assert after["nightly"]["last_run"]["rejected"] == 1 and after["nightly"]["last_error"] is None
+    assert "unable to open database file" in after["loans"]["last_error"]
+    table = remind("sources")
+    assert table.exit_code == 0 and "FAILED" in table.output and "(disabled)" in table.output
+
+
+def json_of(text: str) -> Any:
+    return json.loads(text)
