@@ -53,8 +53,9 @@ def source_report(settings: Settings, store: Store) -> list[dict[str, Any]]:
                 if last is None
                 else {
                     "started": last.started.isoformat(),
-                    "finished": last.finished.isoformat(),
+                    "finished": None if status.running else last.finished.isoformat(),
                     "ok": last.ok,
+                    "running": status.running,
                     "rows_read": last.rows_read,
                     "upserted": last.upserted,
                     "rejected": last.rejected,
@@ -79,6 +80,8 @@ def print_sources(report: list[dict[str, Any]], console: Console) -> None:
     for entry in report:
         last = entry["last_run"]
         result = "never run" if last is None else "ok" if last["ok"] else "[bold red]FAILED[/]"
+        if last is not None and last["running"]:
+            result = "running"
         counts = "-"
         if last is not None:
             counts = "/".join(str(last[k]) for k in ("rows_read", "upserted", "rejected",

@@ -115,11 +115,14 @@ class SourceRun:
 
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
-    """A source's last run and its last successful one, as ``remind status`` shows them."""
+    """A source's last run and its last successful one, as ``remind status`` shows them.
+    ``running``: the last run has not finished (it is in progress, or its process died and
+    the next run will supersede it)."""
 
     source: str
     last: SourceRun | None
     last_success: datetime | None
+    running: bool = False
 
 
 def encode_watermark(value: object) -> tuple[str, str]:
@@ -226,16 +229,18 @@ class SourceLedger:
                         r.source == name, r.error.is_(None), r.finished.is_not(None)
                     )
                 )
-                found.append(SourceStatus(name, None if last is None else _run(last), success))
+                running = last is not None and last.finished is None
+                run = None if last is None else _run(last)
+                found.append(SourceStatus(name, run, success, running))
         return found
 
 
 def _run(row: Any) -> SourceRun:
+    """A recorded run (its ``kind`` is not recorded: the config says it)."""
     return SourceRun(
         source=row.source, kind="", started=row.started, finished=row.finished or row.started,
         rows_read=row.rows_read, upserted=row.upserted, rejected=row.rejected,
-        cancelled=row.cancelled, watermark=row.watermark,
-        error=row.error if row.finished is not None else "running (or its process died)",
+        cancelled=row.cancelled, watermark=row.watermark, error=row.error,
     )  # fmt: skip
 
 

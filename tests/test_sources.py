@@ -305,6 +305,14 @@ def test_a_query_without_the_import_columns_is_a_failed_run(store: Store, tmp_pa
     assert "due_date, amount_due" in result.error
 
 
+def test_a_run_in_progress_shows_as_running_not_failed(store: Store) -> None:
+    ledger = SourceLedger(store)
+    ledger.start("loans", now=MORNING)
+    status = ledger.status(["loans"])[0]
+    assert status.running and status.last is not None and status.last.ok
+    assert status.last_success is None
+
+
 # --- folder ---------------------------------------------------------------------------------
 
 HEADER = "account_id,phone,due_date,amount_due,amount_paid\n"
