@@ -24,6 +24,7 @@ from scheduler.cli_common import (
 from scheduler.cli_daemon import calls_app, run, status
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
 from scheduler.cli_ops import forecast_command, policy_diff, report_app
+from scheduler.cli_sources import sources_app
 from scheduler.config import Settings
 from scheduler.errors import PolicyError
 from scheduler.models import Account, AccountHistory, Horizon, Plan
@@ -53,6 +54,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(policy_app, name="policy")
 app.add_typer(calls_app, name="calls")
+app.add_typer(sources_app, name="sources")
 app.command("sample-portfolio")(sample_portfolio)
 app.command("run")(run)
 app.command("status")(status)

@@ -25,6 +25,7 @@ from scheduler.cli_common import (
     now_from,
     settings_from,
 )
+from scheduler.cli_sources import print_sources, source_report
 from scheduler.daemon import (
     Daemon,
     build_lanes,
@@ -36,6 +37,7 @@ from scheduler.daemon import (
 from scheduler.logs import configure_logging, mask_phone
 from scheduler.models import Outcome
 from scheduler.queue import ContactQueue, QueuedContact
+from scheduler.sources import build_runners
 from scheduler.store import open_store
 
 __all__ = ["calls_app", "run", "status"]
@@ -65,6 +67,7 @@ def run(
         daemon = Daemon(
             settings=settings, store=store, lanes=lanes, rulebook=rulebook, clock=clock,
             reload=lambda: load_rulebook(settings_from(config)),
+            sources=build_runners(settings, store),
         )  # fmt: skip
         if once:
             counts = daemon.run_once()
@@ -92,12 +95,14 @@ def status(config: ConfigOption = None, fmt: FormatOption = "table", now: NowOpt
         depth = queue.depth()
         recent = queue.events_since(("failed", "sla_breach", "retry", "missed"),
                                     moment - timedelta(hours=24))  # fmt: skip
+        sources = source_report(settings, store)
     report: dict[str, Any] = {
         "ticks": {k: {"at": v.updated_at.isoformat(), "by": v.owner, "value": v.value}
                   for k, v in sorted(state.items())},
         "queue": [{"channel": c, "status": s, "contacts": n}
                   for (c, s), n in sorted(depth.items())],
         "last_24h": {k: recent.get(k, 0) for k in ("failed", "sla_breach", "retry", "missed")},
+        "sources": sources,
     }  # fmt: skip
     if fmt == "json":
         typer.echo(json.dumps(report, indent=2))
@@ -117,6 +122,7 @@ def status(config: ConfigOption = None, fmt: FormatOption = "table", now: NowOpt
     for row in report["queue"]:
         table.add_row(row["channel"], row["status"], str(row["contacts"]))
     console.print(table)
+    print_sources(sources, console)
     last = report["last_24h"]
     style = "bold red" if last["sla_breach"] or last["failed"] else "green"
     console.print(

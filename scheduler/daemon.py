@@ -10,6 +10,9 @@ APScheduler only drives ticks; the schedule itself is the contacts table.
   ``scheduler.dispatcher``. A job keeps going while contacts are due.
 * **watch** (every ``watch_every_seconds``): first-24h contacts still unsent at their
   deadline are recorded as SLA breaches (once each); queue gauges; the daemon-state row.
+* **source.NAME** (each enabled ``[[sources]]`` entry, on its own interval or cron, on a
+  pool of its own so a hanging lender database never delays dispatch): see
+  ``scheduler.sources``. A failing source is recorded and retried at its next run.
 
 Signals: SIGTERM/SIGINT stop claiming, let in-flight sends finish for up to
 ``drain_seconds``, release what is left, and exit 0. SIGHUP reloads config.toml's policy
@@ -38,6 +41,10 @@ from zoneinfo import ZoneInfo
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor as JobPool
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import undefined
 
 from channels.registry import factory
 from policies import load_policies
@@ -53,6 +60,7 @@ from scheduler.planner import plan, sla_deadline
 from scheduler.planning import compare_policies, load_for_plan
 from scheduler.queue import ContactQueue
 from scheduler.render import Templates, template_dirs
+from scheduler.sources import SourceRun, SourceRunner
 from scheduler.store import Store
 
 __all__ = [
@@ -158,8 +166,10 @@ class Daemon:
         owner: str | None = None,
         reload: Callable[[], Rulebook] | None = None,
         leader: Leadership | None = None,
+        sources: Mapping[str, SourceRunner] | None = None,
     ) -> None:
         self.settings = settings
+        self.sources = dict(sources or {})
         self.store = store
         self.queue = ContactQueue(store)
         self.clock = clock
@@ -287,6 +297,40 @@ class Daemon:
             self._leading = leading
         return leading
 
+    def tick_source(self, name: str) -> SourceRun | None:
+        """Run one account source now (``SourceRunner.run`` records and logs it, and never
+        raises for a failing source). Only the leader reads sources (None elsewhere): one
+        reader per drop folder and per watermark."""
+        if not self._lead():
+            return None
+        started = time.monotonic()
+        result = self.sources[name].run(self.clock())
+        if result.ok:
+            self._ticked(f"source.{name}", started)
+        return result
+
+    def add_source_jobs(self, scheduler: BackgroundScheduler, start: datetime) -> None:
+        """One job per source on its interval (first run at ``start``) or cron (in the ops
+        zone), on an executor of its own; coalesced, one instance at a time, and run late
+        rather than skipped (``misfire_grace_time``: one interval, or an hour for cron)."""
+        if not self.sources:
+            return
+        scheduler.add_executor(JobPool(len(self.sources)), "sources")
+        for name, runner in self.sources.items():
+            source = runner.source
+            trigger: BaseTrigger
+            if source.cron is not None:
+                zone = ZoneInfo(self.settings.ops_timezone)
+                trigger, grace, first = CronTrigger.from_crontab(source.cron, zone), 3600, undefined
+            else:
+                every = source.every_seconds or 60.0
+                trigger, grace, first = IntervalTrigger(seconds=every), max(60, int(every)), start
+            scheduler.add_job(
+                self._guarded(f"source.{name}", partial(self.tick_source, name)), trigger,
+                id=f"source.{name}", executor="sources", coalesce=True, max_instances=1,
+                misfire_grace_time=grace, next_run_time=first,
+            )  # fmt: skip
+
     def _ticked(self, tick: str, started: float) -> None:
         self.metrics.tick_seconds.labels(tick).observe(time.monotonic() - started)
         self.metrics.tick_last.labels(tick).set(time.time())
@@ -309,7 +353,10 @@ class Daemon:
     # -- running --
 
     def run_once(self) -> dict[str, int]:
-        """One plan, dispatch until nothing is due, one watch; for cron and tests."""
+        """Each enabled source once, one plan, dispatch until nothing is due, one watch; for
+        cron and tests."""
+        for name in self.sources:
+            self._guarded(f"source.{name}", partial(self.tick_source, name))()
         planned, missed = self.tick_plan()
         settled = sum(self.tick_dispatch(kind) for kind in self.dispatcher.lanes)
         breaches = self.tick_watch()
@@ -367,6 +414,7 @@ class Daemon:
                 "interval", seconds=d.dispatch_every_seconds, id=f"dispatch.{kind.value}",
                 next_run_time=start,
             )  # fmt: skip
+        self.add_source_jobs(scheduler, start)
         return scheduler
 
     def _serve(self) -> None:
@@ -439,9 +487,12 @@ class Daemon:
         self.close()
 
     def close(self) -> None:
-        """Give up the lead and close the channels (after ``run_once`` or ``run``)."""
+        """Give up the lead, close the channels and the sources (after ``run_once`` or
+        ``run``)."""
         self.leader.release()
         self.dispatcher.close()
+        for runner in self.sources.values():
+            runner.close()
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
