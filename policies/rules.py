@@ -39,6 +39,7 @@ from scheduler.models import (
     AccountStatus,
     Channel,
     Flag,
+    Outcome,
     PastContact,
     Promise,
     PromiseStatus,
@@ -55,6 +56,7 @@ __all__ = [
     "condition_hold",
     "promise_state",
     "target_hold",
+    "third_party_hold",
 ]
 
 _HOLD_ORDER = (
@@ -219,6 +221,20 @@ def _unreachable_hold(history: AccountHistory, day_start: datetime, days: int) -
     return None
 
 
+def third_party_hold(target: str, history: AccountHistory, rules: Suppressions) -> Hold | None:
+    """The hold on an emergency contact (``target``, a number) who objected to being
+    contacted, when ``rules.third_party_objection_stops``: never again, for any rule."""
+    if target == "borrower" or not rules.third_party_objection_stops:
+        return None
+    for past in history.contacts:
+        if past.target == target and past.outcome is Outcome.THIRD_PARTY_OBJECTED:
+            return Hold(
+                Reason.THIRD_PARTY_OBJECTED,
+                f"this emergency contact objected on {past.at:%Y-%m-%d}; never contacted again",
+            )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Booking:
     """A contact counted by the caps: when it starts and ends, on which channel, to whom."""
@@ -300,6 +316,14 @@ class CapLedger:
             connected = sum(1 for b in today if b.reached)
             if connected >= caps.connected_calls_per_day:
                 return Reason.CAP_CONNECTED_CALLS
+        if channel is Channel.CALL and caps.call_attempts_per_day:
+            unanswered = sum(
+                1
+                for b in today
+                if b.channel is Channel.CALL and b.target == target and not b.reached
+            )
+            if unanswered >= caps.call_attempts_per_day:
+                return Reason.CAP_CALL_ATTEMPTS_DAILY
         return None
 
     def _lower_bound(self, earliest: datetime, channel: Channel, target: str) -> datetime:

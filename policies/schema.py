@@ -6,8 +6,9 @@ A file is::
     [policy]       name, products (empty = every product), extends (another policy's name)
     [quiet_hours]  start, end (borrower-local "HH:MM"), weekends, holiday_channels
     [caps]         contacts_per_day, call_attempts_per_7_days, conversation_cooldown_days,
-                   connected_calls_per_day, min_gap_minutes, third_party_every_days
-    [suppressions] promise_grace_days
+                   connected_calls_per_day, call_attempts_per_day, min_gap_minutes,
+                   third_party_every_days
+    [suppressions] promise_grace_days, third_party_objection_stops
     [outcomes]     complaint_hold_days, unreachable_days_before_third_party (what recorded
                    call outcomes do to the schedule)
     [handover]     min_dpd
@@ -95,12 +96,17 @@ class Caps(_Strict):
     call_attempts_per_7_days: int = Field(default=7, ge=0)
     conversation_cooldown_days: int = Field(default=7, ge=0)
     connected_calls_per_day: int = Field(default=3, ge=0)
+    #: unanswered call attempts to one number (borrower or emergency contact) per local day
+    call_attempts_per_day: int = Field(default=0, ge=0)
     min_gap_minutes: int = Field(default=120, ge=0)
     third_party_every_days: int = Field(default=7, ge=0)
 
 
 class Suppressions(_Strict):
     promise_grace_days: int = Field(default=1, ge=0)
+    #: an emergency contact who objected is never contacted again (history reaches back over
+    #: the emergency-contact rules' whole DPD span when this is on)
+    third_party_objection_stops: bool = False
 
 
 class Outcomes(_Strict):

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from policies import PolicySet, check_policies, load_policies
 from scheduler.cases import CaseFile
-from scheduler.cli_cases import audit, export_app, note, outcome, outcomes_app, report_app
+from scheduler.cli_cases import audit, export_app, note, outcome, outcomes_app
 from scheduler.cli_common import (
     EXIT_INVALID,
     ConfigOption,
@@ -25,6 +25,8 @@ from scheduler.cli_common import (
 )
 from scheduler.cli_daemon import calls_app, run, status
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
+from scheduler.cli_ops import forecast_command, policy_diff, report_app
+from scheduler.cli_sources import sources_app
 from scheduler.config import Settings
 from scheduler.errors import PolicyError
 from scheduler.models import Account, AccountHistory, CaseNote, Horizon, Plan
@@ -49,11 +51,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and compare policy files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(policy_app, name="policy")
 app.add_typer(calls_app, name="calls")
+app.add_typer(sources_app, name="sources")
 app.command("sample-portfolio")(sample_portfolio)
 app.command("run")(run)
 app.command("status")(status)
@@ -62,7 +65,9 @@ app.add_typer(outcomes_app, name="outcomes")
 app.command("note")(note)
 app.command("audit")(audit)
 app.add_typer(export_app, name="export")
+app.command("forecast")(forecast_command)
 app.add_typer(report_app, name="report")
+policy_app.command("diff")(policy_diff)
 
 NowOption = Annotated[
     datetime | None,

@@ -34,6 +34,7 @@ from scheduler.cli_common import (
     now_from,
     settings_from,
 )
+from scheduler.cli_ops import report_app  # one `remind report` group: sla there, contacts here
 from scheduler.daemon import load_rulebook
 from scheduler.dispatcher import Rulebook
 from scheduler.errors import ImportFileError, RemindError
@@ -52,13 +53,11 @@ __all__ = [
     "parse_date",
     "parse_result",
     "record_outcome",
-    "report_app",
 ]
 
 outcomes_app = typer.Typer(help="Outcomes: import a call centre's or dialer's file.",
                            no_args_is_help=True)  # fmt: skip
 export_app = typer.Typer(help="Files for others: the agency hand-over.", no_args_is_help=True)
-report_app = typer.Typer(help="Reports over what was done.", no_args_is_help=True)
 
 _RESULT_NAMES = ", ".join(o.value for o in AGENT_RESULTS)
 

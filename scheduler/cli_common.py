@@ -11,6 +11,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scheduler.config import Settings, load_settings
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
@@ -74,13 +75,13 @@ def exits_cleanly(func: Callable[P, R]) -> Callable[P, R]:
                 err_console.print(f"  {problem}", markup=False)
             raise typer.Exit(EXIT_INVALID) from exc
         except ConfigError as exc:
-            err_console.print(f"[bold red]config error:[/] {exc}")
+            err_console.print(f"[bold red]config error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_INVALID) from exc
         except StoreError as exc:
-            err_console.print(f"[bold red]store error:[/] {exc}")
+            err_console.print(f"[bold red]store error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_STORE) from exc
         except RemindError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from exc
 
     return wrapper

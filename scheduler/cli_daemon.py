@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from scheduler.cli_common import (
     now_from,
     settings_from,
 )
+from scheduler.cli_sources import print_sources, source_report
 from scheduler.daemon import (
     Daemon,
     build_lanes,
@@ -37,6 +39,7 @@ from scheduler.daemon import (
 from scheduler.logs import configure_logging, mask_phone
 from scheduler.models import Channel, OutcomeRecord
 from scheduler.queue import ContactQueue, QueuedContact
+from scheduler.sources import build_runners
 from scheduler.store import open_store
 
 __all__ = ["calls_app", "run", "status"]
@@ -66,13 +69,21 @@ def run(
         daemon = Daemon(
             settings=settings, store=store, lanes=lanes, rulebook=rulebook, clock=clock,
             reload=lambda: load_rulebook(settings_from(config)),
+            sources=build_runners(settings, store),
         )  # fmt: skip
         if once:
             counts = daemon.run_once()
-            daemon.dispatcher.close()
+            daemon.close()
             typer.echo(json.dumps(counts), err=True)
             return
-        raise typer.Exit(daemon.run())
+        code = daemon.run()
+        if not daemon.drained:
+            # A tick outlived the drain (a plan is one transaction: abandoning it writes
+            # nothing); its worker thread would hold the interpreter's exit, so leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise typer.Exit(code)
 
 
 @exits_cleanly
@@ -86,12 +97,14 @@ def status(config: ConfigOption = None, fmt: FormatOption = "table", now: NowOpt
         depth = queue.depth()
         recent = queue.events_since(("failed", "sla_breach", "retry", "missed"),
                                     moment - timedelta(hours=24))  # fmt: skip
+        sources = source_report(settings, store)
     report: dict[str, Any] = {
         "ticks": {k: {"at": v.updated_at.isoformat(), "by": v.owner, "value": v.value}
                   for k, v in sorted(state.items())},
         "queue": [{"channel": c, "status": s, "contacts": n}
                   for (c, s), n in sorted(depth.items())],
         "last_24h": {k: recent.get(k, 0) for k in ("failed", "sla_breach", "retry", "missed")},
+        "sources": sources,
     }  # fmt: skip
     if fmt == "json":
         typer.echo(json.dumps(report, indent=2))
@@ -111,6 +124,7 @@ def status(config: ConfigOption = None, fmt: FormatOption = "table", now: NowOpt
     for row in report["queue"]:
         table.add_row(row["channel"], row["status"], str(row["contacts"]))
     console.print(table)
+    print_sources(sources, console)
     last = report["last_24h"]
     style = "bold red" if last["sla_breach"] or last["failed"] else "green"
     console.print(

@@ -2,20 +2,25 @@
 
 Where the file comes from, first match wins: ``--config FILE``, ``$REMIND_CONFIG``,
 ``./config.toml``, ``/etc/remind/config.toml``. ``$REMIND_STORE_URL`` overrides
-``[store] url``. Relative paths (a SQLite file, the policy directory) are read relative to
-the config file's own folder, so the same file works from any working directory.
-Secrets never live here; channels read them from the environment or systemd credentials.
+``[store] url``. Relative paths (a SQLite file, the policy directory, a drop folder) are read
+relative to the config file's own folder, so the same file works from any working directory.
+Secrets never live here; channels and account sources name an environment variable or a
+systemd credential holding them (read by ``channels.secrets.read_secret`` when used).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from apscheduler.triggers.cron import CronTrigger
 
 from scheduler.errors import ConfigError
 
@@ -24,6 +29,7 @@ __all__ = [
     "ChannelSettings",
     "DaemonSettings",
     "Settings",
+    "SourceSettings",
     "find_config",
     "load_settings",
 ]
@@ -93,6 +99,39 @@ class ChannelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """One ``[[sources]]`` table: where the daemon reads accounts by itself, and when.
+
+    ``kind`` is ``sql`` (``url``, ``query``, optional ``watermark_column``; the password is
+    named by ``password_env``/``password_credential``, never written here) or ``folder``
+    (``path``, ``settle_seconds``, optional ``format``). The schedule is exactly one of
+    ``every_seconds`` (an interval) and ``cron`` (five crontab fields, in ``[ops] timezone``).
+    """
+
+    name: str
+    kind: str
+    every_seconds: float | None = None
+    cron: str | None = None
+    enabled: bool = True
+    url: str = ""
+    password_env: str | None = None
+    password_credential: str | None = None
+    query: str = ""
+    watermark_column: str | None = None
+    batch_size: int = 5_000
+    path: Path | None = None
+    settle_seconds: float = 30.0
+    format: str | None = None
+
+    @property
+    def schedule(self) -> str:
+        """The schedule as people read it: ``every 60 s`` or ``cron 0 2 * * *``."""
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        return f"every {self.every_seconds:g} s"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything config.toml says, validated and with paths made absolute."""
 
@@ -110,6 +149,7 @@ class Settings:
     #: (default 730 days, two years: the card rules' minimum).
     audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
+    sources: tuple[SourceSettings, ...] = ()
 
 
 def find_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
@@ -161,6 +201,7 @@ def load_settings(explicit: Path | None = None, env: Mapping[str, str] | None = 
         daemon=_daemon(path, data.get("daemon", {})),
         channels=_channels(path, data.get("channels", {})),
         audit_retention_days=_retention(path, data.get("store", {})),
+        sources=_sources(path, data.get("sources", []), get("ops", "timezone", "UTC")),
     )
     return settings
 
@@ -213,12 +254,132 @@ def _channels(path: Path, table: dict[str, Any]) -> dict[str, ChannelSettings]:
 _CHANNEL_KINDS = frozenset({"sms", "email", "call", "letter"})
 
 
+#: ``[[sources]]`` keys: every kind's, then each kind's own (another kind's key is refused).
+_SOURCE_COMMON: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "kind": str,
+    "every_seconds": (int, float),
+    "cron": str,
+    "enabled": bool,
+}
+_SOURCE_KINDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "sql": {
+        "url": str,
+        "password_env": str,
+        "password_credential": str,
+        "query": str,
+        "watermark_column": str,
+        "batch_size": int,
+    },
+    "folder": {"path": str, "settle_seconds": (int, float), "format": str},
+}
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _sources(path: Path, table: Any, zone: str) -> tuple[SourceSettings, ...]:
+    if not isinstance(table, list):
+        raise ConfigError(f"{path}: sources must be written as [[sources]] tables")
+    found: list[SourceSettings] = []
+    for n, body in enumerate(table, 1):
+        source = _source(path, f"sources[{n}]", body, zone)
+        if any(s.name == source.name for s in found):
+            raise ConfigError(f"{path}: sources[{n}].name: {source.name!r} is used twice")
+        found.append(source)
+    return tuple(found)
+
+
+def _source(path: Path, where: str, body: Any, zone: str) -> SourceSettings:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    kind = body.get("kind")
+    if kind not in _SOURCE_KINDS:
+        raise ConfigError(f'{path}: {where}.kind must be "sql" or "folder"')
+    schema = {**_SOURCE_COMMON, **_SOURCE_KINDS[kind]}
+    for key, value in body.items():
+        expected = schema.get(key)
+        if expected is None:
+            raise ConfigError(f"{path}: {where}: unknown key {key!r} for a {kind} source; "
+                              f"known: {sorted(schema)}")  # fmt: skip
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ConfigError(f"{path}: {where}.{key} has the wrong type")
+    name = body.get("name", "")
+    if not _SOURCE_NAME.fullmatch(name):
+        raise ConfigError(f"{path}: {where}.name: letters, digits, '_', '.', '-' (up to 63)")
+    where = f"sources.{name}"
+    every, cron = body.get("every_seconds"), body.get("cron")
+    if (every is None) == (cron is None):
+        raise ConfigError(f"{path}: {where}: give exactly one of every_seconds and cron")
+    if every is not None and every <= 0:
+        raise ConfigError(f"{path}: {where}.every_seconds must be more than 0")
+    if cron is not None:
+        try:
+            CronTrigger.from_crontab(cron, timezone=ZoneInfo(zone))
+        except ValueError as exc:
+            raise ConfigError(f'{path}: {where}.cron: {exc} (e.g. "*/5 * * * *")') from exc
+    common = {"name": name, "kind": kind, "cron": cron, "enabled": body.get("enabled", True),
+              "every_seconds": None if every is None else float(every)}  # fmt: skip
+    if kind == "sql":
+        return SourceSettings(**common, **_sql_source(path, where, body))
+    return SourceSettings(**common, **_folder_source(path, where, body))
+
+
+def _sql_source(path: Path, where: str, body: dict[str, Any]) -> dict[str, Any]:
+    for key in ("url", "query"):
+        if not body.get(key, "").strip():
+            raise ConfigError(f"{path}: {where}.{key} is required for a sql source")
+    try:
+        url = sa.make_url(body["url"])
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"{path}: {where}.url: not a SQLAlchemy URL: {exc}") from exc
+    if url.password is not None:
+        raise ConfigError(
+            f"{path}: {where}.url holds a password: secrets never go in config.toml; "
+            "name where it is with password_env or password_credential"
+        )
+    column = body.get("watermark_column")
+    if column is not None and not _COLUMN_NAME.fullmatch(column):
+        raise ConfigError(f"{path}: {where}.watermark_column must be a plain column name")
+    batch_size = body.get("batch_size", 5_000)
+    if batch_size < 1:
+        raise ConfigError(f"{path}: {where}.batch_size must be at least 1")
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        url = url.set(database=str((path.parent / database).resolve()))
+    return {
+        "url": url.render_as_string(hide_password=False),
+        "password_env": body.get("password_env"),
+        "password_credential": body.get("password_credential"),
+        "query": body["query"].strip().rstrip(";").strip(),
+        "watermark_column": column,
+        "batch_size": batch_size,
+    }
+
+
+def _folder_source(path: Path, where: str, body: dict[str, Any]) -> dict[str, Any]:
+    if not body.get("path", "").strip():
+        raise ConfigError(f"{path}: {where}.path (the drop folder) is required")
+    settle = body.get("settle_seconds", 30)
+    if settle < 0:
+        raise ConfigError(f"{path}: {where}.settle_seconds must not be negative")
+    fmt = body.get("format")
+    if fmt is not None and fmt not in ("csv", "jsonl"):
+        raise ConfigError(f'{path}: {where}.format must be "csv" or "jsonl"')
+    return {
+        "path": (path.parent / body["path"]).resolve(),
+        "settle_seconds": float(settle),
+        "format": fmt,
+    }
+
+
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
     for section, body in data.items():
         if section == "channels":
             if not isinstance(body, dict):
                 raise ConfigError(f"{path}: channels must be a table of [channels.KIND] tables")
             continue
+        if section == "sources":
+            continue  # checked by _sources, table by table
         if section not in _SCHEMA:
             raise ConfigError(f"{path}: unknown section [{section}]; known: {sorted(_SCHEMA)}")
         if not isinstance(body, dict):

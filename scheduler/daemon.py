@@ -10,6 +10,9 @@ APScheduler only drives ticks; the schedule itself is the contacts table.
   ``scheduler.dispatcher``. A job keeps going while contacts are due.
 * **watch** (every ``watch_every_seconds``): first-24h contacts still unsent at their
   deadline are recorded as SLA breaches (once each); queue gauges; the daemon-state row.
+* **source.NAME** (each enabled ``[[sources]]`` entry, on its own interval or cron, on a
+  pool of its own so a hanging lender database never delays dispatch): see
+  ``scheduler.sources``. A failing source is recorded and retried at its next run.
 
 Signals: SIGTERM/SIGINT stop claiming, let in-flight sends finish for up to
 ``drain_seconds``, release what is left, and exit 0. SIGHUP reloads config.toml's policy
@@ -20,6 +23,7 @@ previous rulebook stays in force.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -32,24 +36,32 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from zoneinfo import ZoneInfo
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor as JobPool
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import undefined
 
 from channels.registry import factory
 from policies import load_policies
 from scheduler.cases import CaseFile
 from scheduler.config import Settings
+from scheduler.diff import summary_fields
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
+from scheduler.leader import Leadership, leadership_for
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
 from scheduler.planner import plan, sla_deadline
-from scheduler.planning import load_for_plan
+from scheduler.planning import compare_policies, load_for_plan
 from scheduler.queue import ContactQueue
 from scheduler.render import Templates, template_dirs
+from scheduler.sources import SourceRun, SourceRunner
 from scheduler.store import Store
 
 __all__ = [
@@ -135,6 +147,11 @@ class single_instance_lock:  # used as a context manager: named like one
             self._handle.close()
 
 
+class _NotBusyNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
 class Daemon:
     """The long-running service. Parts are passed in; ``run()`` blocks until stopped."""
 
@@ -149,8 +166,11 @@ class Daemon:
         notifier: Notifier | None = None,
         owner: str | None = None,
         reload: Callable[[], Rulebook] | None = None,
+        leader: Leadership | None = None,
+        sources: Mapping[str, SourceRunner] | None = None,
     ) -> None:
         self.settings = settings
+        self.sources = dict(sources or {})
         self.store = store
         self.queue = ContactQueue(store)
         self.clock = clock
@@ -158,6 +178,9 @@ class Daemon:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._rulebook = rulebook
         self._reload = reload
+        self.leader = leader or leadership_for(store.engine)
+        self._leading: bool | None = None  # not asked yet
+        self.drained = True  # False when a tick outlived the drain at shutdown
         self.metrics = Metrics()
         self.stop = threading.Event()
         self._reload_requested = threading.Event()
@@ -184,6 +207,8 @@ class Daemon:
     def tick_plan(self) -> tuple[int, int]:
         """Materialise the plan (see the module docstring); returns (planned, missed) rows
         inserted."""
+        if not self._lead():
+            return 0, 0
         started = time.monotonic()
         now = self.clock()
         book = self._rulebook
@@ -208,7 +233,8 @@ class Daemon:
             result.planned, missed, now=now, policy_version=book.version
         )
         self.queue.set_state(
-            {"planned_through": last.isoformat(), "tick.plan": now.isoformat()},
+            {"planned_through": last.isoformat(), "tick.plan": now.isoformat(),
+             "planner": self.owner},
             owner=self.owner, now=now,
         )  # fmt: skip
         self._ticked("plan", started)
@@ -231,7 +257,13 @@ class Daemon:
 
     def tick_watch(self) -> int:
         """Record SLA breaches of first-24h contacts still unsent at their deadline; refresh
-        the queue gauges. Returns how many breaches were newly recorded."""
+        the queue gauges. Returns how many breaches were newly recorded. Only the leader
+        watches; a follower that finds the lead free takes it here and plans at once."""
+        was_leading = self._leading
+        if not self._lead():
+            return 0
+        if was_leading is False:  # took over from a leader that went: plan at once
+            self.tick_plan()
         started = time.monotonic()
         now = self.clock()
         rules = first_contact_rules(self._rulebook.policies)
@@ -263,6 +295,48 @@ class Daemon:
         self._ticked("watch", started)
         return len(new)
 
+    def _lead(self) -> bool:
+        """Whether this daemon plans and watches now (see ``scheduler.leader``)."""
+        leading = self.leader.acquire()
+        if leading != self._leading:
+            log.info("leader.changed", owner=self.owner, leading=leading)
+            self._leading = leading
+        return leading
+
+    def tick_source(self, name: str) -> SourceRun | None:
+        """Run one account source now (``SourceRunner.run`` records and logs it, and never
+        raises for a failing source). Only the leader reads sources (None elsewhere): one
+        reader per drop folder and per watermark."""
+        if not self._lead():
+            return None
+        started = time.monotonic()
+        result = self.sources[name].run(self.clock())
+        if result.ok:
+            self._ticked(f"source.{name}", started)
+        return result
+
+    def add_source_jobs(self, scheduler: BackgroundScheduler, start: datetime) -> None:
+        """One job per source on its interval (first run at ``start``) or cron (in the ops
+        zone), on an executor of its own; coalesced, one instance at a time, and run late
+        rather than skipped (``misfire_grace_time``: one interval, or an hour for cron)."""
+        if not self.sources:
+            return
+        scheduler.add_executor(JobPool(len(self.sources)), "sources")
+        for name, runner in self.sources.items():
+            source = runner.source
+            trigger: BaseTrigger
+            if source.cron is not None:
+                zone = ZoneInfo(self.settings.ops_timezone)
+                trigger, grace, first = CronTrigger.from_crontab(source.cron, zone), 3600, undefined
+            else:
+                every = source.every_seconds or 60.0
+                trigger, grace, first = IntervalTrigger(seconds=every), max(60, int(every)), start
+            scheduler.add_job(
+                self._guarded(f"source.{name}", partial(self.tick_source, name)), trigger,
+                id=f"source.{name}", executor="sources", coalesce=True, max_instances=1,
+                misfire_grace_time=grace, next_run_time=first,
+            )  # fmt: skip
+
     def _ticked(self, tick: str, started: float) -> None:
         self.metrics.tick_seconds.labels(tick).observe(time.monotonic() - started)
         self.metrics.tick_last.labels(tick).set(time.time())
@@ -285,7 +359,10 @@ class Daemon:
     # -- running --
 
     def run_once(self) -> dict[str, int]:
-        """One plan, dispatch until nothing is due, one watch; for cron and tests."""
+        """Each enabled source once, one plan, dispatch until nothing is due, one watch; for
+        cron and tests."""
+        for name in self.sources:
+            self._guarded(f"source.{name}", partial(self.tick_source, name))()
         planned, missed = self.tick_plan()
         settled = sum(self.tick_dispatch(kind) for kind in self.dispatcher.lanes)
         breaches = self.tick_watch()
@@ -315,6 +392,8 @@ class Daemon:
 
     def _scheduler(self) -> BackgroundScheduler:
         d = self.settings.daemon
+        # a tick longer than its interval is normal under load: not a warning every 0.2 s
+        logging.getLogger("apscheduler.scheduler").addFilter(_NotBusyNoise())
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": JobPool(len(self.dispatcher.lanes) + 2)},
@@ -341,6 +420,7 @@ class Daemon:
                 "interval", seconds=d.dispatch_every_seconds, id=f"dispatch.{kind.value}",
                 next_run_time=start,
             )  # fmt: skip
+        self.add_source_jobs(scheduler, start)
         return scheduler
 
     def _serve(self) -> None:
@@ -378,11 +458,27 @@ class Daemon:
             log.error("reload.rejected", problem=str(exc))
             self.notifier.ready(status="reload rejected; previous policy in force")
             return False
-        old = self._rulebook.version
+        old, previous = self._rulebook.version, self._rulebook
         self._rulebook = book
         log.info("reload.done", policy_version=book.version, previous=old)
+        threading.Thread(  # two dry-runs may outlast the watchdog: not on this thread
+            target=self._log_reload_diff, args=(previous, book), name="reload-diff", daemon=True
+        ).start()
         self.notifier.ready(status=f"policy {book.version} in force")
         return True
+
+    def _log_reload_diff(self, old: Rulebook, new: Rulebook) -> None:
+        """Log what the reload changes in tomorrow's plan (ops zone) as one ``reload.diff``
+        event: the summary ``remind policy diff`` prints."""
+        now = self.clock()
+        day = now.astimezone(ZoneInfo(self.settings.ops_timezone)).date() + timedelta(days=1)
+        try:
+            diff = compare_policies(self.store, old.policies, new.policies, Horizon(day), now)
+        except RemindError as exc:
+            log.warning("reload.diff_failed", error=str(exc))
+            return
+        log.info("reload.diff", day=day.isoformat(), policy_version=new.version,
+                 previous=old.version, **summary_fields(diff))  # fmt: skip
 
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
         self.notifier.stopping()
@@ -390,10 +486,19 @@ class Daemon:
         drained = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
         drained.start()
         drained.join(self.settings.daemon.drain_seconds)
+        self.drained = not drained.is_alive()
         with suppress(StoreError):
             left = self.queue.release(self.owner, now=self.clock())
-            log.info("daemon.stopped", released=left, drained=not drained.is_alive())
+            log.info("daemon.stopped", released=left, drained=self.drained)
+        self.close()
+
+    def close(self) -> None:
+        """Give up the lead, close the channels and the sources (after ``run_once`` or
+        ``run``)."""
+        self.leader.release()
         self.dispatcher.close()
+        for runner in self.sources.values():
+            runner.close()
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:

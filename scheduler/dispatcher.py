@@ -43,7 +43,7 @@ from scheduler.errors import (
     RemindError,
     TransientChannelError,
 )
-from scheduler.models import Account, AccountHistory, Channel, Horizon, Reason
+from scheduler.models import Account, AccountHistory, Channel, Horizon, Plan, Reason
 from scheduler.planner import first_contact_catch_up, plan_account, sla_deadline
 from scheduler.planning import history_since
 from scheduler.queue import ContactQueue, QueuedContact, Settlement
@@ -120,15 +120,51 @@ def recheck(
 
     Planned and open now: send. Planned later (quiet hours began, a cap gap, a retry after
     the first allowed time): move. Suppressed: skip with the plan's reason, or missed when
-    the reason is that no allowed time is left. Absent: a first-24h contact that came up
-    late (downtime) goes at its next allowed time (``first_contact_catch_up``); any other
-    is missed if its window is over, else skipped ``not_due`` (no longer asked for)."""
+    the reason is that no allowed time is left. A first-24h contact that came up late (its
+    window passed: downtime, a provider down all afternoon) goes at its next allowed time
+    (``first_contact_catch_up``) unless another first-24h contact of the account is still
+    planned later (the call's SMS fallback); any other contact absent from the plan is
+    missed if its window is over, else skipped ``not_due`` (no longer asked for)."""
     if account is None:
         return Recheck("skip", Reason.CLOSED, "the account is no longer in the store")
     today = now.astimezone(ZoneInfo(account.zone)).date()
-    # today and tomorrow: a first-24h contact that found no allowed time left today moves
-    # to tomorrow's first allowed time, and must be recognised as moved, not missed
-    result = plan_account(now, account, history, policies, Horizon(today, 2))
+    # Today's plan settles most contacts. One it holds for want of time may still be
+    # planned tomorrow (a first-24h contact with no allowed time at all today moves to
+    # tomorrow's first allowed time, and must be recognised as moved, not missed), so then
+    # today and tomorrow are planned; days are planned in order, so today's part is the same.
+    result = plan_account(now, account, history, policies, Horizon(today))
+    found = _find(contact, now, result)
+    if found is None or found.action == "missed":
+        result = plan_account(now, account, history, policies, Horizon(today, 2))
+        found = _find(contact, now, result)
+    if found is not None and (found.action != "missed" or _covered(contact, result, policies)):
+        return found
+    late = first_contact_catch_up(now, account, history, policies, contact.rule, contact.target)
+    if isinstance(late, Hold):
+        return Recheck("skip", late.reason, late.sentence)
+    if late is not None:
+        action = "send" if late[0] <= now else "move"
+        return Recheck(action, window=late, detail="first-24h contact made late (catch-up)")
+    if found is not None:
+        return found
+    if contact.window_end <= now:
+        return Recheck("missed", Reason.WINDOW_PASSED, "its window ended before it was sent")
+    return Recheck("skip", Reason.NOT_DUE, "the policy no longer asks for this contact today")
+
+
+def _covered(contact: QueuedContact, result: Plan, policies: PolicySet) -> bool:
+    """Whether ``result`` still plans another first-24h contact of the same due date, so
+    missing ``contact`` leaves the first contact to it."""
+    rules = first_contact_rules(policies)
+    if contact.rule not in rules:
+        return True
+    return any(
+        p.rule in rules and p.contact_id != contact.contact_id and p.due_date == contact.due_date
+        for p in result.planned
+    )
+
+
+def _find(contact: QueuedContact, now: datetime, result: Plan) -> Recheck | None:
     for planned in result.planned:
         if planned.contact_id == contact.contact_id:
             if planned.window_start <= now:
@@ -138,15 +174,7 @@ def recheck(
         if held.contact_id == contact.contact_id:
             action = "missed" if held.reason in _MISSED_REASONS else "skip"
             return Recheck(action, held.reason, held.detail)
-    late = first_contact_catch_up(now, account, history, policies, contact.rule, contact.target)
-    if isinstance(late, Hold):
-        return Recheck("skip", late.reason, late.sentence)
-    if late is not None:
-        action = "send" if late[0] <= now else "move"
-        return Recheck(action, window=late, detail="first-24h contact made late (catch-up)")
-    if contact.window_end <= now:
-        return Recheck("missed", Reason.WINDOW_PASSED, "its window ended before it was sent")
-    return Recheck("skip", Reason.NOT_DUE, "the policy no longer asks for this contact today")
+    return None
 
 
 def recipient(contact: QueuedContact, account: Account) -> str | None:
@@ -378,39 +406,57 @@ class Dispatcher:
     ) -> Settlement:
         if self.stop.is_set() or not lane.throttle(self.stop):
             raise _Stopped
-        attempts = contact.attempts
+        tries = [contact.attempts]
+
+        def attempt() -> Receipt:
+            tries[0] += 1
+            return lane.adapter.send(message)
+
         try:
-            for attempt in self._retrying():
-                with attempt:
-                    attempts += 1
-                    receipt = lane.adapter.send(message)
+            try:
+                receipt = attempt()
+            except TransientChannelError as first:
+                # tenacity takes over once a send failed (most succeed at once)
+                if not self.retry.short_retries or not self._retry_now(first):
+                    raise
+                self._pause(self._wait_seconds(first, 1))
+                if self.stop.is_set():
+                    raise
+                receipt = self._retrying()(attempt)
         except PermanentChannelError as exc:
-            return self._failed(contact, attempts, Reason.PERMANENT_FAILURE, exc)
+            return self._failed(contact, tries[0], Reason.PERMANENT_FAILURE, exc)
         except TransientChannelError as exc:
-            return self._retry_later(contact, attempts, exc)
+            return self._retry_later(contact, tries[0], exc)
         except ChannelError as exc:  # an adapter's own subclass: treat as permanent
-            return self._failed(contact, attempts, Reason.PERMANENT_FAILURE, exc)
-        return self._sent(contact, account, attempts, receipt)
+            return self._failed(contact, tries[0], Reason.PERMANENT_FAILURE, exc)
+        return self._sent(contact, account, tries[0], receipt)
+
+    def _retry_now(self, exc: BaseException) -> bool:
+        """Whether a failed send is worth retrying in process: transient, not shutting down,
+        and not asked to wait longer than the short retries do."""
+        if not isinstance(exc, TransientChannelError) or self.stop.is_set():
+            return False
+        return exc.retry_after is None or exc.retry_after <= self.retry.short_max_wait_seconds
+
+    def _wait_seconds(self, exc: BaseException | None, failures: int) -> float:
+        """The pause after ``failures`` failed sends: the provider's ``Retry-After``, else
+        exponential backoff with full jitter, capped."""
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            return float(after)
+        ceiling = min(self.retry.short_max_wait_seconds, 0.1 * 2 ** (failures - 1))
+        return self._jitter.uniform(0, ceiling)
 
     def _retrying(self) -> Retrying:
-        short = self.retry.short_max_wait_seconds
-
-        def retry_now(exc: BaseException) -> bool:
-            if not isinstance(exc, TransientChannelError) or self.stop.is_set():
-                return False
-            return exc.retry_after is None or exc.retry_after <= short
+        """The retries after the first failed send (which already counts as an attempt)."""
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            after = getattr(exc, "retry_after", None)
-            if after is not None:
-                return float(after)
-            ceiling = min(short, 0.1 * 2 ** (state.attempt_number - 1))
-            return self._jitter.uniform(0, ceiling)
+            return self._wait_seconds(exc, state.attempt_number + 1)
 
         return Retrying(
-            retry=retry_if_exception(retry_now),
-            stop=stop_after_attempt(1 + self.retry.short_retries),
+            retry=retry_if_exception(self._retry_now),
+            stop=stop_after_attempt(self.retry.short_retries),
             wait=wait,
             sleep=self._pause,
             reraise=True,

@@ -6,6 +6,7 @@
     ├── ConfigError            config.toml missing, unreadable or invalid (raised at load)
     ├── PolicyError            one or more problems in policy files; each names file, key, line
     ├── ImportFileError        an input file as a whole cannot be imported (nothing is)
+    ├── SourceError            an account source cannot be read now (database down, folder gone)
     ├── StoreError             the store cannot be used as asked
     │   └── SchemaBehindError  the store's schema is older than the code: run `remind db upgrade`
     └── ChannelError           a channel could not deliver a message
@@ -29,6 +30,7 @@ __all__ = [
     "PolicyProblem",
     "RemindError",
     "SchemaBehindError",
+    "SourceError",
     "StoreError",
     "TransientChannelError",
 ]
@@ -70,6 +72,12 @@ class ImportFileError(RemindError):
     """The file as a whole cannot be imported (unreadable, unknown format, missing a
     required column, not UTF-8). Nothing is imported. (A bad *row* is not an error: it is
     reported as ``importer.RowProblem`` and the good rows still import.)"""
+
+
+class SourceError(RemindError):
+    """An account source (``[[sources]]``) cannot be read now: its database is unreachable
+    or its query fails, its drop folder is missing or unreadable. The run is recorded as
+    failed and the next scheduled run tries again."""
 
 
 class StoreError(RemindError):

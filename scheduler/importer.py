@@ -1,8 +1,9 @@
 """Account import: a CSV or JSON Lines file -> validated ``Account`` values -> the store.
 
-The file is streamed (bounded memory at any size). Every row is checked; good rows are
-upserted by account_id in ONE transaction, bad ones are written with their row number,
-column and reason to ``<stem>.rejects.csv`` beside the input (an older one is removed
+The file is streamed (bounded memory at any size); ``import_rows`` does the same for rows
+read elsewhere (an account source's query). Every row is checked; good rows are upserted by
+account_id in ONE transaction, bad ones are written with their row number, column and
+reason to ``<stem>.rejects.csv`` beside the input (an older one is removed
 first). ``strict`` imports nothing when any row is bad. Importing the same file twice
 changes nothing; a later file with a bigger ``amount_paid`` is how payments arrive.
 
@@ -52,6 +53,7 @@ __all__ = [
     "RowProblem",
     "detect_format",
     "import_accounts",
+    "import_rows",
     "open_source",
     "rejects_path_for",
 ]
@@ -116,7 +118,8 @@ class Defaults:
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
-    """What an import did. ``counts`` are zero unless ``committed``."""
+    """What an import did. ``counts`` are zero unless ``committed``. ``rejected_ids`` are the
+    account ids of the first rejected rows (those that had one)."""
 
     path: Path
     format: str
@@ -127,6 +130,7 @@ class ImportReport:
     rejects_path: Path | None
     problems: tuple[RowProblem, ...] = ()
     unknown_columns: tuple[str, ...] = ()
+    rejected_ids: tuple[str, ...] = ()
 
 
 # --- phones -------------------------------------------------------------------------------
@@ -643,18 +647,21 @@ def _jsonl_records(
 
 
 class Rejects:
-    """The rejects file, opened on the first bad row: original fields + row/column/reason.
-    Keeps the first ``SHOWN_PROBLEMS`` problems for the report."""
+    """The rejects file, opened on the first bad row: original fields + row/column/reason
+    (no file when ``path`` is None). Keeps the first ``SHOWN_PROBLEMS`` problems and
+    rejected account ids for the report."""
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    def __init__(self, path: Path | None, columns: tuple[str, ...]) -> None:
         self.path = path
         self.count = 0
         self.shown: list[RowProblem] = []
+        self.ids: list[str] = []
         self._columns = columns
         self._fields = tuple(c for c in columns if c not in REJECT_COLUMNS) + REJECT_COLUMNS
         self._handle: IO[str] | None = None
         self._writer: csv.DictWriter[str] | None = None
-        path.unlink(missing_ok=True)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def add(self, original: Sequence[str] | Mapping[str, Any], problems: list[RowProblem]) -> None:
         self.count += 1
@@ -664,16 +671,20 @@ class Rejects:
         else:  # a CSV row; fields beyond the header are dropped (the reason says so)
             pairs = zip(self._columns, original, strict=False)
         row = {k: _cell(v) for k, v in pairs if k in self._fields}
+        if row.get("account_id") and len(self.ids) < SHOWN_PROBLEMS:
+            self.ids.append(row["account_id"])
+        if self.path is None:
+            return
         row.update(
             row=str(problems[0].row),
             column=";".join(p.column for p in problems),
             reason="; ".join(p.reason for p in problems),
         )
-        self._open().writerow(row)
+        self._open(self.path).writerow(row)
 
-    def _open(self) -> csv.DictWriter[str]:
+    def _open(self, path: Path) -> csv.DictWriter[str]:
         if self._writer is None:
-            self._handle = self.path.open("w", encoding="utf-8", newline="")
+            self._handle = path.open("w", encoding="utf-8", newline="")
             self._writer = csv.DictWriter(
                 self._handle, fieldnames=self._fields, lineterminator="\n", extrasaction="ignore"
             )
@@ -707,10 +718,12 @@ def import_accounts(
     fmt: str | None = None,
     strict: bool = False,
     batch_size: int = UPSERT_BATCH,
+    rejects_path: Path | None = None,
 ) -> ImportReport:
     """Import ``path`` into ``store`` (see the module docstring) and record one
-    ``accounts_import`` audit event. Returns the report; raises ``ImportFileError`` when
-    the file as a whole is unusable (then nothing is imported) and ``StoreError``."""
+    ``accounts_import`` audit event. Bad rows go to ``rejects_path`` (default:
+    ``rejects_path_for(path)``). Returns the report; raises ``ImportFileError`` when the
+    file as a whole is unusable (then nothing is imported) and ``StoreError``."""
     fmt = detect_format(path, fmt)
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
@@ -719,22 +732,48 @@ def import_accounts(
     with handle:
         try:
             source = open_source(handle, fmt, path.name, _ACCOUNTS)
-            run = _Run(RowParser(defaults), Rejects(rejects_path_for(path), source.columns))
+            rejects = Rejects(rejects_path or rejects_path_for(path), source.columns)
+            run = _Run(RowParser(defaults), rejects)
             counts = run.into(store, source, now=now, strict=strict, batch_size=batch_size)
         except UnicodeDecodeError as exc:
             raise ImportFileError(f"{path.name}: not UTF-8 text: {exc.reason}") from exc
-    report = ImportReport(
-        path=path,
-        format=fmt,
-        rows_read=run.rows,
-        rejected=run.rejects.count,
-        counts=counts,
-        committed=not (strict and run.rejects.count),
-        rejects_path=run.rejects.path if run.rejects.count else None,
-        problems=tuple(run.rejects.shown),
-        unknown_columns=tuple(sorted(source.unknown)),
-    )
+    report = run.report(path, fmt, counts, source.unknown, strict=strict)
     _audit(store, report, now=now, strict=strict)
+    return report
+
+
+def import_rows(
+    store: Store,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    label: str,
+    defaults: Defaults,
+    now: datetime,
+    batch_size: int = UPSERT_BATCH,
+    rejects_path: Path | None = None,
+) -> ImportReport:
+    """Import ``rows`` (column name -> value, as a database returns them: text, numbers,
+    dates, ``None``, lists) exactly as a file's records are: the same checks, good rows
+    upserted in ONE transaction, bad ones counted, kept in the report (row numbers count
+    from 1 in ``rows``' order, with their account ids) and, when ``rejects_path`` is given,
+    written there. Unknown keys are ignored. ``rows`` is consumed lazily, so an exception it
+    raises midway (the source went away) rolls everything back and propagates. Records one
+    ``accounts_import`` audit event named ``label`` when there were rows (a source polled
+    every minute would otherwise fill the audit log with empty runs; its ``source_runs`` rows
+    say it ran). Raises ``StoreError``."""
+    unknown: set[str] = set()
+
+    def records() -> Iterator[_Record]:
+        for number, row in enumerate(rows, 1):
+            unknown.update(k for k in row if k not in _KNOWN)
+            yield number, {k: _cell(v).strip() for k, v in row.items() if k in _KNOWN}, row
+
+    run = _Run(RowParser(defaults), Rejects(rejects_path, ACCOUNT_COLUMNS))
+    counts = run.into(store, _Source(ACCOUNT_COLUMNS, records()), now=now, strict=False,
+                      batch_size=batch_size)  # fmt: skip
+    report = run.report(Path(label), "rows", counts, unknown, strict=False)
+    if report.rows_read:
+        _audit(store, report, now=now, strict=False)
     return report
 
 
@@ -759,6 +798,22 @@ class _Run:
         finally:
             self.rejects.close()
         return UpsertCounts() if imp.rolled_back else imp.counts
+
+    def report(
+        self, path: Path, fmt: str, counts: UpsertCounts, unknown: set[str], *, strict: bool
+    ) -> ImportReport:
+        return ImportReport(
+            path=path,
+            format=fmt,
+            rows_read=self.rows,
+            rejected=self.rejects.count,
+            counts=counts,
+            committed=not (strict and self.rejects.count),
+            rejects_path=self.rejects.path if self.rejects.count else None,
+            problems=tuple(self.rejects.shown),
+            unknown_columns=tuple(sorted(unknown)),
+            rejected_ids=tuple(self.rejects.ids),
+        )
 
     def consume(
         self,

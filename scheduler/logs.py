@@ -24,6 +24,10 @@ _PHONE = re.compile(r"\+?\d[\d \-]{6,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _PERSON_KEYS = frozenset({"name", "borrower", "borrower_name"})
 _ADDRESS_KEYS = frozenset({"to", "phone", "email", "target", "recipient"})
+#: Identifiers, never personal data (a watermark is often a timestamp, which looks like digits).
+_PLAIN_KEYS = frozenset(
+    {"contact_id", "account_id", "rule", "channel", "level", "logger", "source", "watermark"}
+)
 
 
 def mask_phone(text: str) -> str:
@@ -54,7 +58,7 @@ def mask_pii(
             event[key] = value[:1] + "…" if value else value
         elif key in _ADDRESS_KEYS and value.startswith("+"):
             event[key] = mask_phone(value)
-        elif key in ("contact_id", "account_id", "rule", "channel", "level", "logger"):
+        elif key in _PLAIN_KEYS:
             continue
         else:
             event[key] = _mask_text(value)

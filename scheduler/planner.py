@@ -33,6 +33,7 @@ from policies.rules import (
     condition_hold,
     promise_state,
     target_hold,
+    third_party_hold,
 )
 from policies.schema import PolicyFile, Rule, Target, Trigger
 from scheduler.models import (
@@ -331,6 +332,7 @@ class _AccountDays:
                 c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone),
                 self.policy.outcomes,
             )
+            or third_party_hold(c.target, self.history, self.policy.suppressions)
         )  # fmt: skip
         if hold is not None:
             return hold if c.nominal_day == day else None
@@ -600,4 +602,6 @@ _CAP_TEXT = {
     "other contacts",
     Reason.CAP_THIRD_PARTY: "this emergency contact was contacted within "
     "{caps.third_party_every_days} days",
+    Reason.CAP_CALL_ATTEMPTS_DAILY: "already {caps.call_attempts_per_day} unanswered call "
+    "attempts to this number that day (caps.call_attempts_per_day)",
 }

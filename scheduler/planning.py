@@ -7,12 +7,19 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from policies import PolicySet
+from scheduler.diff import PlanDiff, diff_plans, diff_policies
 from scheduler.errors import RemindError
-from scheduler.models import Account, AccountHistory, AccountStatus, Horizon
-from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, follow_up_rules, rules_on
+from scheduler.models import Account, AccountHistory, AccountStatus, Horizon, Plan
+from scheduler.planner import FIRST_CONTACT_SEARCH_DAYS, follow_up_rules, plan, rules_on
 from scheduler.store import Store
 
-__all__ = ["due_dates_for", "history_since", "load_for_plan"]
+__all__ = [
+    "compare_policies",
+    "due_dates_for",
+    "history_since",
+    "load_for_plan",
+    "plan_under",
+]
 
 
 def history_since(policies: PolicySet, first_day: date) -> datetime:
@@ -26,6 +33,9 @@ def history_since(policies: PolicySet, first_day: date) -> datetime:
             caps.third_party_every_days,
             *(r.unreached_days for r in policy.rule),
         )
+        if policy.suppressions.third_party_objection_stops:  # an objection is for good
+            spans = [r.last_dpd - r.first_dpd + 1 for r in policy.rule if r.target != "borrower"]
+            days = max([days, *spans])
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
     return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
 
@@ -86,3 +96,22 @@ def _with_follow_ups(
         for key in sorted(found)
         if found[key].status is AccountStatus.ACTIVE and not found[key].paid_in_full
     ]
+
+
+def plan_under(
+    store: Store, policies: PolicySet, horizon: Horizon, now: datetime
+) -> tuple[list[Account], Plan]:
+    """The accounts ``policies`` would plan in ``horizon`` and their plan (reads the store,
+    writes nothing): the dry-run's work, for ``policy diff``, ``forecast`` and reloads."""
+    accounts, history = load_for_plan(store, policies, horizon, now, None)
+    return accounts, plan(now, accounts, history, policies, horizon)
+
+
+def compare_policies(
+    store: Store, old: PolicySet, new: PolicySet, horizon: Horizon, now: datetime
+) -> PlanDiff:
+    """The plan of ``horizon`` under ``old`` versus under ``new`` (and their key changes).
+    Each side reads the accounts and history its own policies need."""
+    _, before = plan_under(store, old, horizon, now)
+    _, after = plan_under(store, new, horizon, now)
+    return diff_plans(before, after, policy_changes=diff_policies(old, new))

@@ -16,6 +16,9 @@ A contact row moves through these statuses, and only these::
 * ``settle`` records each outcome **and** releases the lease in one transaction, together
   with its audit events. A settlement for a row whose lease is no longer ours (it expired
   and someone else claimed it) changes nothing.
+* ``skip_paid`` records ``planned`` (unclaimed) contacts of accounts that a source just
+  found paid or closed as ``skipped``, the way the dispatcher's re-check would at send time,
+  so a payment shows before the next dispatch tick.
 
 Call tasks of the ``call_queue`` channel stay ``sent`` (handed to the agents' queue) until an
 agent takes one (``next_call``) and records its outcome (``cases.CaseFile.record_outcomes``,
@@ -34,9 +37,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from scheduler.bulk import insert_new, insert_rows
 from scheduler.models import Channel, PlannedContact, SuppressedContact
 from scheduler.store import Store, db_errors, require_aware
-from scheduler.tables import audit_log, contacts, daemon_state
+from scheduler.tables import accounts, audit_log, contacts, daemon_state
 
 __all__ = ["ContactQueue", "QueuedContact", "Settlement", "StateEntry"]
 
@@ -147,12 +151,7 @@ class ContactQueue:
         if not rows:
             return 0, 0
         with db_errors("cannot materialise the plan"), self._engine.begin() as conn:
-            inserted: set[str] = set()
-            insert = _insert_ignoring_duplicates(conn)
-            for start in range(0, len(rows), 2_000):
-                part = rows[start : start + 2_000]
-                result = conn.execute(insert.returning(_C.contact_id), part)
-                inserted.update(r[0] for r in result)
+            inserted = insert_new(conn, contacts, rows, "contact_id")
             new = [r for r in rows if r["contact_id"] in inserted]
             _audit(conn, [_planned_event(r, now) for r in new])
         missed_count = sum(1 for r in new if r["status"] == "missed")
@@ -230,6 +229,52 @@ class ContactQueue:
             changed = conn.execute(stmt, params).rowcount
             _audit(conn, events)
         return changed
+
+    def skip_paid(self, *, changed_since: datetime, now: datetime, note: str) -> list[Settlement]:
+        """Settle as ``skipped`` every ``planned`` contact (unclaimed: a claimed one is left
+        to the dispatcher's re-check) of an account updated at or after ``changed_since``
+        that is now closed (reason ``closed``) or active and paid in full (``paid``), with a
+        ``skipped`` audit event each carrying ``note``; one transaction. Returns the
+        settlements recorded. Raises ``StoreError``."""
+        require_aware(changed_since, "changed_since")
+        require_aware(now, "now")
+        a = accounts.c
+        closed = a.status == "closed"
+        paid = sa.and_(a.status == "active", a.amount_paid >= a.amount_due)
+        pick = (
+            sa.select(_C.contact_id, _C.account_id, _C.rule, _C.channel, _C.attempts,
+                      _C.policy_version, closed.label("closed"))
+            .join(accounts, a.account_id == _C.account_id)
+            .where(_C.status == "planned", a.updated_at >= changed_since, sa.or_(closed, paid))
+        )  # fmt: skip
+        with db_errors("cannot record paid accounts' contacts"), self._engine.begin() as conn:
+            found = {row.contact_id: row for row in conn.execute(pick)}
+            done: list[Settlement] = []
+            for reason in ("closed", "paid"):
+                ids = sorted(k for k, r in found.items() if bool(r.closed) == (reason == "closed"))
+                if not ids:
+                    continue
+                stmt = (
+                    contacts.update()
+                    .where(_C.contact_id.in_(ids), _C.status == "planned")
+                    .values(status="skipped", reason=reason, last_error=note,
+                            next_attempt_at=None, updated_at=now)
+                    .returning(_C.contact_id)
+                )  # fmt: skip
+                for (cid,) in conn.execute(stmt):
+                    row = found[cid]
+                    done.append(Settlement(cid, row.account_id, "skipped", "skipped",
+                                           row.attempts, reason=reason, error=note,
+                                           rule=row.rule, channel=row.channel))  # fmt: skip
+            _audit(
+                conn,
+                [
+                    e
+                    for s in done
+                    for e in _settle_events(s, now, found[s.contact_id].policy_version)
+                ],
+            )
+        return done
 
     def release(self, owner: str, *, now: datetime) -> int:
         """Put every contact leased to ``owner`` back in the queue (shutdown); returns how many."""
@@ -398,12 +443,6 @@ class ContactQueue:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _insert_ignoring_duplicates(conn: Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
-    return sqlite.insert(contacts).on_conflict_do_nothing(index_elements=["contact_id"])
-
-
 def _planned_row(c: PlannedContact, now: datetime, version: str) -> dict[str, Any]:
     return {
         "contact_id": c.contact_id,
@@ -510,5 +549,4 @@ def _settle_events(s: Settlement, now: datetime, version: str) -> list[dict[str,
 
 
 def _audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(audit_log.insert(), list(rows))
+    insert_rows(conn, audit_log, rows)

@@ -44,6 +44,7 @@ from jinja2.runtime import Context
 from policies.loader import PolicySet
 from policies.schema import Target
 from scheduler.errors import PolicyError, PolicyProblem
+from scheduler.lint import letter_gaps, lint_sources
 from scheduler.models import Account, Channel
 
 __all__ = [
@@ -239,6 +240,11 @@ class Templates:
         except _TEMPLATE_FAILURES as exc:
             raise RenderError(_render_problem(exc, found, channel, language)) from exc
         return Rendered(subject, text.strip(), html.strip(), _lang(found), str(found.source))
+
+    @property
+    def sources(self) -> dict[str, Path]:
+        """Every effective template file: ``"<language>/<file>"`` -> its path."""
+        return {name: found.source for name, found in self._compiled.items()}
 
     def common_macro(self, language: str, macro: str) -> str | None:
         """The text ``<language>/_common.j2``'s argument-less ``macro`` renders, or None when
@@ -523,11 +529,15 @@ def check_templates(
     account, and list what is wrong: render errors (file and line), an SMS longer than
     ``max_sms_segments``, a borrower message without the amount, the due date or the lender's
     name, a borrower SMS or email without the language's opt-out text, and a third-party
-    (emergency contact) message that gives the amount, the due date or debt words."""
+    (emergency contact) message that gives the amount, the due date or debt words; a letter
+    without the balance, how to dispute or how to contact the lender; and (``scheduler.lint``)
+    forbidden wording (threats, impersonating police, courts or lawyers) in any template file,
+    from the word lists in the policy directory's ``lint/`` or the shipped ones."""
     problems: list[PolicyProblem] = []
     for use in _uses(policies):
         for language in dict.fromkeys(languages):
             problems.extend(_check_one(use, templates, lender_name, language, max_sms_segments))
+    problems.extend(lint_sources(templates.sources, policies.directory))
     return list(dict.fromkeys(problems))
 
 
@@ -571,6 +581,8 @@ def _check_one(
         return found
     if gaps := _borrower_gaps(text, context):
         add("a borrower message must give " + ", ".join(gaps))
+    if use.channel is Channel.LETTER and (gaps := letter_gaps(text, context, rendered.language)):
+        add("a letter must give " + ", ".join(gaps))
     if use.channel in (Channel.SMS, Channel.EMAIL):
         macro = "opt_out_sms" if use.channel is Channel.SMS else "opt_out_email"
         opt_out = templates.common_macro(rendered.language, macro)

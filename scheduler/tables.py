@@ -35,6 +35,8 @@ __all__ = [
     "OutcomeRow",
     "PromiseRow",
     "ScaledDecimal",
+    "SourceRunRow",
+    "SourceStateRow",
     "account_flags",
     "accounts",
     "audit_log",
@@ -45,6 +47,8 @@ __all__ = [
     "notes",
     "outcomes",
     "promises",
+    "source_runs",
+    "source_state",
 ]
 
 ACCOUNT_STATUSES = ("active", "closed", "handed_over")
@@ -277,6 +281,40 @@ class DaemonStateRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class SourceRunRow(SQLModel, table=True):
+    """One run of an account source (``[[sources]]``): when, what it read and did, the
+    watermark it reached, and the error that stopped it (``None``: it succeeded).
+    ``finished`` is ``None`` while the run is in progress (or if its process died)."""
+
+    __tablename__ = "source_runs"
+    __table_args__ = (sa.Index("ix_source_runs_source_started", "source", "started"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    source: str
+    started: datetime
+    finished: datetime | None = None
+    rows_read: int = 0
+    upserted: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    watermark: str | None = None
+    error: str | None = None
+
+
+class SourceStateRow(SQLModel, table=True):
+    """What a source remembers between runs: the watermark reached (a SQL source reads only
+    rows past it; ``watermark_type`` says how to read the text back) and, for a folder, the
+    files seen but not yet settled (JSON: name -> size, mtime and since when unchanged)."""
+
+    __tablename__ = "source_state"
+
+    source: str = Field(primary_key=True)
+    watermark: str | None = None
+    watermark_type: str | None = None
+    files: str = Field(default="{}", sa_type=sa.Text)
+    updated_at: datetime
+
+
 accounts = metadata.tables["accounts"]
 contacts = metadata.tables["contacts"]
 promises = metadata.tables["promises"]
@@ -285,3 +323,5 @@ audit_log = metadata.tables["audit_log"]
 daemon_state = metadata.tables["daemon_state"]
 outcomes = metadata.tables["outcomes"]
 notes = metadata.tables["notes"]
+source_runs = metadata.tables["source_runs"]
+source_state = metadata.tables["source_state"]

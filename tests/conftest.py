@@ -23,7 +23,10 @@ import sqlalchemy as sa
 from scheduler.store import Store, drop_schema
 
 PG_URL = os.environ.get("REMIND_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
-TABLES = ("daemon_state", "audit_log", "account_flags", "promises", "contacts", "accounts")
+TABLES = (
+    "source_runs", "source_state", "daemon_state", "audit_log", "account_flags", "promises",
+    "contacts", "accounts",
+)  # fmt: skip
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -19,14 +20,14 @@ from channels.outbox import OutboxChannel
 from channels.recording import RecordingChannel
 from scheduler.config import load_settings
 from scheduler.daemon import Daemon, load_rulebook
-from scheduler.dispatcher import Lane, compute_backoff
+from scheduler.dispatcher import Lane, compute_backoff, recheck
 from scheduler.errors import PermanentChannelError, TransientChannelError
-from scheduler.models import Channel, Flag, Outcome, PastContact
+from scheduler.models import AccountHistory, Channel, Flag, Outcome, PastContact, contact_id
 from scheduler.notify import Notifier
-from scheduler.queue import ContactQueue
+from scheduler.queue import ContactQueue, QueuedContact
 from scheduler.store import Store
 from scheduler.tables import audit_log, contacts
-from tests.factories import account, local
+from tests.factories import account, local, shipped_policies
 from tests.support.daemon import write_config
 
 DUE = date(2026, 11, 23)
@@ -67,7 +68,7 @@ def daemon(store: Store, tmp_path: Path, clock: Clock, sms: RecordingChannel) ->
     )  # fmt: skip
     made.tick_plan()
     yield made
-    made.dispatcher.close()
+    made.close()
 
 
 def row(store: Store, account_id: str, rule: str = "pre_due_sms_1d") -> sa.Row[Any]:
@@ -159,6 +160,24 @@ def test_transient_failures_retry_and_permanent_ones_fail(
     assert (row(store, "A1").status, row(store, "A1").attempts) == ("sent", 2)
 
 
+def test_quick_transient_failures_get_the_short_retries_then_go_back_to_the_table(
+    daemon: Daemon, store: Store, clock: Clock, sms: RecordingChannel
+) -> None:
+    # Given a provider that answers 503 (no Retry-After) four times running
+    cid = row(store, "A0").contact_id
+    sms._failures[cid] = [TransientChannelError("503")] * 4
+    short = daemon.settings.daemon.short_retries
+    # When one dispatch tick runs
+    clock.at = NOON
+    daemon.tick_dispatch(Channel.SMS)
+    # Then the send was tried once plus the short retries, in process, and the contact
+    # went back to the table with those attempts counted and a later attempt time
+    stored = row(store, "A0")
+    assert (stored.status, stored.attempts) == ("planned", 1 + short)
+    assert stored.next_attempt_at > NOON
+    assert sms.attempts.count(cid) == 1 + short
+
+
 def test_after_the_last_attempt_the_contact_fails(
     daemon: Daemon, store: Store, clock: Clock, sms: RecordingChannel
 ) -> None:
@@ -222,3 +241,64 @@ def test_reload_with_a_broken_policy_keeps_the_previous_one(daemon: Daemon, tmp_
     daemon._reload = broken  # type: ignore[assignment]
     assert daemon.reload() is False
     assert daemon.rulebook is before
+
+
+@pytest.mark.parametrize(
+    ("rule", "hh_mm", "action", "window_day"),
+    [
+        ("first_overdue_call", "10:00", "send", 0),  # inside its 09:00-12:00 window
+        ("first_overdue_call", "12:30", "missed", None),  # over: the 14:00 SMS is the fallback
+        ("first_overdue_sms", "15:00", "send", 0),  # inside its 14:00-20:00 window
+        ("first_overdue_sms", "21:30", "move", 1),  # quiet hours: tomorrow's first allowed time
+    ],
+)
+def test_recheck_of_a_late_first_24h_contact(
+    rule: str, hh_mm: str, action: str, window_day: int | None
+) -> None:
+    # Given an account that became overdue at midnight and one of its first-24h contacts
+    overdue_day = DUE + timedelta(days=1)
+    borrower = account("F1", due_date=DUE)
+    start = local(overdue_day, "09:00", ZONE).astimezone(UTC)
+    channel = Channel.CALL if rule.endswith("call") else Channel.SMS
+    queued = QueuedContact(
+        contact_id("F1", rule, DUE, 1, "borrower"), "F1", channel, rule, "borrower", DUE,
+        start, start + timedelta(hours=3), rule, 100, False, 0,
+    )  # fmt: skip
+    # When the dispatcher re-checks it at hh_mm local on that day
+    now = local(overdue_day, hh_mm, ZONE).astimezone(UTC)
+    result = recheck(now, queued, borrower, AccountHistory(), shipped_policies())
+    # Then it goes now, moves to the next allowed time, or (the call) is missed
+    assert result.action == action
+    if window_day is not None:
+        assert result.window is not None
+        local_start = result.window[0].astimezone(ZoneInfo(ZONE))
+        assert local_start.date() == overdue_day + timedelta(days=window_day)
+
+
+def test_a_reload_logs_what_it_changes_in_tomorrows_plan(daemon: Daemon, tmp_path: Path) -> None:
+    import threading
+
+    from structlog.testing import capture_logs
+
+    from tests.factories import copy_policies
+
+    # Given a policy edit that moves the due-day SMS from 09:00 to 10:00 (the accounts are
+    # due tomorrow in the ops zone)
+    edited = copy_policies(tmp_path / "edited")
+    text = (edited / "default.toml").read_text()
+    (edited / "default.toml").write_text(text.replace('at = "09:00"\nuntil = "18:00"',
+                                                      'at = "10:00"\nuntil = "18:00"'))  # fmt: skip
+    daemon._reload = lambda: load_rulebook(daemon.settings, edited)
+    # When the daemon reloads
+    with capture_logs() as logs:
+        assert daemon.reload() is True
+        for thread in threading.enumerate():
+            if thread.name == "reload-diff":
+                thread.join(30)
+    # Then one event carries the diff summary
+    [event] = [e for e in logs if e["event"] == "reload.diff"]
+    assert event["policy_changes"] == ["default: rule.due_day_sms.at: 09:00 -> 10:00"]
+    assert event["by_rule"] == {
+        "due_day_sms/sms": {"old": 5, "new": 5, "added": 0, "removed": 0, "moved": 5}
+    }
+    assert event["moved"] == 5 and event["added"] == event["removed"] == 0

@@ -32,17 +32,21 @@ def write_config(
     policy_dir: Path | None = None,
     daemon: str = "",
 ) -> Path:
-    """A config.toml in ``folder`` with the given ``[channels.*]`` tables (TOML text)."""
+    """A config.toml in ``folder`` with the given ``[channels.*]`` tables (TOML text);
+    ``daemon`` adds ``[daemon]`` lines or overrides the quick test defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
+    quick = {"dispatch_every_seconds": "0.2", "watch_every_seconds": "1",
+             "lease_seconds": "30", "plan_every_seconds": "3600"}  # fmt: skip
+    given = {line.split("=")[0].strip() for line in daemon.splitlines() if "=" in line}
+    defaults = "".join(f"{k} = {v}\n" for k, v in quick.items() if k not in given)
     path.write_text(
         f'[store]\nurl = "{store_url}"\n'
         '[ops]\ntimezone = "Asia/Shanghai"\nlender_name = "Example Finance"\n'
         '[borrower_defaults]\ntimezone = "Asia/Shanghai"\ncountry = "CN"\n'
         'language = "zh-CN"\ncurrency = "CNY"\n'
         f'[policy]\ndir = "{policy_dir or REPO / "policies"}"\n'
-        "[daemon]\ndispatch_every_seconds = 0.2\nwatch_every_seconds = 1\n"
-        f"lease_seconds = 30\nplan_every_seconds = 3600\n{daemon}\n{channels}\n"
+        f"[daemon]\n{defaults}{daemon}\n{channels}\n"
     )
     return path
 
@@ -85,7 +89,10 @@ class DaemonProcess:
         found = []
         for line in self.log_path.read_text().splitlines():
             if line.startswith("{"):
-                found.append(json.loads(line))
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:  # the line being written
+                    continue
         return found
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
