@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler.store import Store, drop_schema
+from tests.support.daemon import DaemonProcess
 
 PG_URL = os.environ.get("REMIND_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 TABLES = (
@@ -131,3 +132,10 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., St
         return Store.open(url, schema=schema, check_schema=check_schema)
 
     return open_store
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_daemons() -> Iterator[None]:
+    """A test that fails mid-way must not leave ``remind run`` processes behind."""
+    yield
+    DaemonProcess.kill_leftovers()

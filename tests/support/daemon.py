@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -73,7 +73,11 @@ def remind(
 
 
 class DaemonProcess:
-    """``remind run`` in the background; its JSON log lines go to ``log_path``."""
+    """``remind run`` in the background; its JSON log lines go to ``log_path``. Every one
+    still running when its test ends is killed (``kill_leftovers``, an autouse fixture), so
+    a failed test never leaves a daemon polling a dropped store."""
+
+    live: ClassVar[set[DaemonProcess]] = set()
 
     def __init__(self, config: Path, now: datetime, log_path: Path,
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
@@ -84,6 +88,15 @@ class DaemonProcess:
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
+        DaemonProcess.live.add(self)
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for daemon in list(cls.live):
+            if daemon.proc.poll() is None:
+                daemon.kill()
+            daemon._log.close()
+        cls.live.clear()
 
     def events(self) -> list[dict[str, Any]]:
         found = []
