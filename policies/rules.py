@@ -39,7 +39,6 @@ from scheduler.models import (
     AccountStatus,
     Channel,
     Flag,
-    Outcome,
     PastContact,
     Promise,
     PromiseStatus,
@@ -56,7 +55,6 @@ __all__ = [
     "condition_hold",
     "promise_state",
     "target_hold",
-    "third_party_hold",
 ]
 
 _HOLD_ORDER = (
@@ -218,20 +216,6 @@ def _unreachable_hold(history: AccountHistory, day_start: datetime, days: int) -
             f"no call to the borrower {days} or more days ago: not yet unreachable for "
             f"{days} days (outcomes.unreachable_days_before_third_party)",
         )
-    return None
-
-
-def third_party_hold(target: str, history: AccountHistory, rules: Suppressions) -> Hold | None:
-    """The hold on an emergency contact (``target``, a number) who objected to being
-    contacted, when ``rules.third_party_objection_stops``: never again, for any rule."""
-    if target == "borrower" or not rules.third_party_objection_stops:
-        return None
-    for past in history.contacts:
-        if past.target == target and past.outcome is Outcome.THIRD_PARTY_OBJECTED:
-            return Hold(
-                Reason.THIRD_PARTY_OBJECTED,
-                f"this emergency contact objected on {past.at:%Y-%m-%d}; never contacted again",
-            )
     return None
 
 

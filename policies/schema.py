@@ -8,7 +8,7 @@ A file is::
     [caps]         contacts_per_day, call_attempts_per_7_days, conversation_cooldown_days,
                    connected_calls_per_day, call_attempts_per_day, min_gap_minutes,
                    third_party_every_days
-    [suppressions] promise_grace_days, third_party_objection_stops
+    [suppressions] promise_grace_days
     [outcomes]     complaint_hold_days, unreachable_days_before_third_party (what recorded
                    call outcomes do to the schedule)
     [handover]     min_dpd
@@ -104,9 +104,6 @@ class Caps(_Strict):
 
 class Suppressions(_Strict):
     promise_grace_days: int = Field(default=1, ge=0)
-    #: an emergency contact who objected is never contacted again (history reaches back over
-    #: the emergency-contact rules' whole DPD span when this is on)
-    third_party_objection_stops: bool = False
 
 
 class Outcomes(_Strict):

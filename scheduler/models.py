@@ -280,7 +280,6 @@ class Reason(StrEnum):
     THIRD_PARTY_REMOVED = "third_party_removed"
     BORROWER_NOT_YET_UNREACHABLE = "borrower_not_yet_unreachable"
     CAP_CALL_ATTEMPTS_DAILY = "cap_call_attempts_daily"
-    THIRD_PARTY_OBJECTED = "third_party_objected"
     NOT_DUE = "not_due"
     RETRIES_EXHAUSTED = "retries_exhausted"
     PERMANENT_FAILURE = "permanent_failure"

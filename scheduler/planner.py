@@ -33,7 +33,6 @@ from policies.rules import (
     condition_hold,
     promise_state,
     target_hold,
-    third_party_hold,
 )
 from policies.schema import PolicyFile, Rule, Target, Trigger
 from scheduler.models import (
@@ -332,7 +331,6 @@ class _AccountDays:
                 c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone),
                 self.policy.outcomes,
             )
-            or third_party_hold(c.target, self.history, self.policy.suppressions)
         )  # fmt: skip
         if hold is not None:
             return hold if c.nominal_day == day else None

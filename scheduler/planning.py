@@ -33,9 +33,6 @@ def history_since(policies: PolicySet, first_day: date) -> datetime:
             caps.third_party_every_days,
             *(r.unreached_days for r in policy.rule),
         )
-        if policy.suppressions.third_party_objection_stops:  # an objection is for good
-            spans = [r.last_dpd - r.first_dpd + 1 for r in policy.rule if r.target != "borrower"]
-            days = max([days, *spans])
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
     return start - timedelta(days=days + 2)  # +2: zones up to a day either side of UTC
 

@@ -4,7 +4,7 @@ emergency contact who objected."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import date, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,6 @@ def test_the_cn_preset_gives_its_hours_caps_and_third_party_rule(tmp_path: Path)
     caps = policy.caps
     assert (caps.call_attempts_per_day, caps.connected_calls_per_day) == (6, 3)
     assert (caps.call_attempts_per_7_days, caps.conversation_cooldown_days) == (0, 0)
-    assert policy.suppressions.third_party_objection_stops
     assert policy.policy.name == "default" and policy.rule  # the file's own [policy] and rules
 
 
@@ -46,7 +45,6 @@ def test_the_us_regf_preset_gives_its_hours_and_call_caps(tmp_path: Path) -> Non
     policy = load_policies(with_preset(tmp_path, "us-regf")).default
     assert (policy.quiet_hours.start, policy.quiet_hours.end) == (time(21), time(8))
     assert (policy.caps.call_attempts_per_7_days, policy.caps.conversation_cooldown_days) == (7, 7)
-    assert not policy.suppressions.third_party_objection_stops
 
 
 def test_a_policy_key_wins_over_the_preset_and_mistakes_name_the_policy_file(
@@ -125,38 +123,24 @@ def test_call_attempts_per_day_off_by_default() -> None:
 # -- an emergency contact who objected -------------------------------------------------------
 
 
-def test_an_emergency_contact_who_objected_is_never_contacted_again(tmp_path: Path) -> None:
-    # Given the cn preset and an account 38 days overdue, two emergency contacts, one of whom
-    # objected when called at DPD 31 (and the borrower, tried, has not been reached)
-    policies = load_policies(with_preset(tmp_path, "cn"))
+@pytest.mark.parametrize("preset", ["cn", "us-regf"])
+def test_an_emergency_contact_who_objected_is_never_contacted_again(
+    tmp_path: Path, preset: str
+) -> None:
+    # Given a preset and an account 38 days overdue with two emergency contacts, one of whom
+    # objected (a recorded third_party_objected outcome: the store reports the number as
+    # removed), and a borrower who was tried 8 days ago and not reached
+    policies = load_policies(with_preset(tmp_path, preset))
     a = account(due_date=DAY - timedelta(days=38), emergency_contacts=(EC, "+8613900000000"))
-    objected = PastContact(
-        "A1", Channel.CALL, "emergency_contact_call", local(DAY - timedelta(days=7), "15:00", SH),
-        Outcome.THIRD_PARTY_OBJECTED, target=EC, due_date=a.due_date,
-    )  # fmt: skip
-    tried = PastContact(  # the borrower was called 8 days ago and not reached
+    tried = PastContact(
         "A1", Channel.CALL, "late_call", local(DAY - timedelta(days=8), "10:00", SH),
         Outcome.NO_ANSWER, due_date=a.due_date,
     )  # fmt: skip
-    history = {"A1": AccountHistory(contacts=(tried, objected))}
+    history = {"A1": AccountHistory(contacts=(tried,), removed_contacts=frozenset({EC}))}
     # When DPD 38 (the rule's next week) is planned
     result = plan(evening_before(DAY), [a], history, policies, Horizon(DAY))
-    # Then the objecting number is held with its reason, the other is called
+    # Then the objecting number is held for good, the other is called
     held = {(s.target, s.reason) for s in result.suppressed}
-    assert (EC, Reason.THIRD_PARTY_OBJECTED) in held
+    assert (EC, Reason.THIRD_PARTY_REMOVED) in held
     called = {c.target for c in result.planned if c.rule == "emergency_contact_call"}
     assert called == {"+8613900000000"}
-    # And without the preset's key the objection does not hold (the shipped default)
-    assert not load_policies(
-        copy_policies(tmp_path / "plain")
-    ).default.suppressions.third_party_objection_stops
-
-
-def test_history_reaches_back_over_the_emergency_contact_span_when_objections_stop(
-    tmp_path: Path,
-) -> None:
-    from scheduler.planning import history_since
-
-    policies = load_policies(with_preset(tmp_path, "cn"))
-    since = history_since(policies, DAY)
-    assert since <= datetime.combine(DAY - timedelta(days=60), time(0), tzinfo=since.tzinfo)
