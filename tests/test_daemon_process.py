@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, date, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.factories import account, copy_policies, local
@@ -25,7 +26,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.gateway import LoopbackGateway
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, free_port
 
 DUE = date(2026, 11, 23)
 ZONE = "Asia/Shanghai"
@@ -67,7 +68,11 @@ def test_sends_sms_and_email_skips_the_payer_and_drains_on_sigterm(
         account(f"A{i}", due_date=DUE, phone=None, email=f"b{i}@example.cn") for i in range(5, 10)
     ]
     with SmtpServer() as smtp:
-        config = write_config(tmp_path, store_url=url, channels=channels(gateway.url, smtp.port))
+        metrics_port = free_port()
+        config = write_config(
+            tmp_path, store_url=url, channels=channels(gateway.url, smtp.port),
+            daemon=f"metrics_port = {metrics_port}\n",
+        )  # fmt: skip
         seed(url, borrowers, MORNING)
         # Given the plan was materialised in the morning, before any window opened
         planned = remind(config, "run", "--once", now=MORNING, env=ENV)
@@ -79,6 +84,10 @@ def test_sends_sms_and_email_skips_the_payer_and_drains_on_sigterm(
         # When the daemon runs at 12:30
         daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log", env=ENV)
         daemon.wait_for(lambda: len(gateway.deliveries()) == 4 and len(smtp.received()) == 4)
+        # (and its Prometheus endpoint on 127.0.0.1 counts what it settled)
+        daemon.wait_for(lambda: _metric(metrics_port, 'channel="sms",outcome="skipped"') == 1)
+        assert _metric(metrics_port, 'channel="sms",outcome="sent"') == 4
+        assert _metric(metrics_port, 'channel="email",outcome="sent"') == 4
         started = time.monotonic()
         assert daemon.stop() == 0
         assert time.monotonic() - started < 30
@@ -243,3 +252,15 @@ def test_agent_reaches_the_borrower_so_the_fallback_sms_is_not_sent(
     status = json.loads(remind(config, "status", "--format", "json", now=afternoon).stdout)
     assert {"channel": "sms", "status": "skipped", "contacts": 1} in status["queue"]
     assert "tick.plan" in status["ticks"]
+
+
+def _metric(port: int, labels: str) -> float | None:
+    """``remind_contacts_settled_total{labels}`` as the daemon's /metrics serves it."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
