@@ -11,13 +11,13 @@ Core insert of the same rows would store. Every row of one call has the same key
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-__all__ = ["insert_new", "insert_rows"]
+__all__ = ["copy_values", "insert_new", "insert_rows", "staging_table"]
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -44,12 +44,7 @@ def insert_new(
             part = list(rows[start : start + 2_000])
             found.update(r[0] for r in conn.execute(insert.returning(table.c[key]), part))
         return found
-    staging = f"remind_staging_{table.name}"
-    conn.exec_driver_sql(
-        f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table.name}" INCLUDING DEFAULTS) '
-        "ON COMMIT DELETE ROWS"
-    )
-    conn.exec_driver_sql(f'TRUNCATE "{staging}"')
+    staging = staging_table(conn, table)
     _copy(conn, staging, table, rows)
     columns = ", ".join(f'"{c}"' for c in rows[0])
     result = conn.exec_driver_sql(
@@ -62,18 +57,43 @@ def insert_new(
 def _copy(
     conn: sa.Connection, target: str, table: sa.Table, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    dialect = conn.dialect
     names = list(rows[0])
-    processors = [table.c[n].type.bind_processor(dialect) for n in names]
+    processors = [table.c[n].type.bind_processor(conn.dialect) for n in names]
+    copy_values(
+        conn,
+        target,
+        names,
+        (
+            [
+                value if process is None else process(value)
+                for value, process in zip((row[n] for n in names), processors, strict=True)
+            ]
+            for row in rows
+        ),
+    )
+
+
+def staging_table(conn: sa.Connection, table: sa.Table) -> str:
+    """An empty session-local copy of ``table``'s columns (emptied again at commit); its
+    name. PostgreSQL only."""
+    staging = f"remind_staging_{table.name}"
+    conn.exec_driver_sql(
+        f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table.name}" INCLUDING DEFAULTS) '
+        "ON COMMIT DELETE ROWS"
+    )
+    conn.exec_driver_sql(f'TRUNCATE "{staging}"')
+    return staging
+
+
+def copy_values(
+    conn: sa.Connection, target: str, names: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``COPY target (names) FROM STDIN`` of ``rows``, values already as the driver takes
+    them (bind-processed). PostgreSQL only."""
     columns = ", ".join(f'"{n}"' for n in names)
     raw = conn.connection.driver_connection
     if raw is None:  # pragma: no cover - a checked-out connection always has one
         raise RuntimeError("no driver connection")
     with raw.cursor() as cursor, cursor.copy(f'COPY "{target}" ({columns}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row(
-                [
-                    value if process is None else process(value)
-                    for value, process in zip((row[n] for n in names), processors, strict=True)
-                ]
-            )
+            copy.write_row(row)
