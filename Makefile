@@ -34,6 +34,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py --accounts 100000
 	$(BIN)/python bench/dryrun_bench.py --accounts 100000
+	$(BIN)/python bench/materialise.py --accounts 20000
+	$(BIN)/python bench/dispatch.py --contacts 10000 --concurrency 8 --batch 500
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
