@@ -1,11 +1,12 @@
-"""The ``remind`` command line. The clock is read here (and only here): the planner and the
-policies get ``now`` as an argument. ``--now`` (hidden) pins it for tests and rehearsals."""
+"""The ``remind`` command line. The clock is read in the commands (``cli_common.now_from``),
+never in the planner or the policies, which get ``now`` as an argument. ``--now`` (hidden)
+pins it for tests and rehearsals."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -19,8 +20,10 @@ from scheduler.cli_cases import audit, export_app, note, outcome, outcomes_app
 from scheduler.cli_common import (
     EXIT_INVALID,
     ConfigOption,
+    NowOption,
     err_console,
     exits_cleanly,
+    now_from,
     settings_from,
 )
 from scheduler.cli_daemon import calls_app, run, status
@@ -69,24 +72,12 @@ app.command("forecast")(forecast_command)
 app.add_typer(report_app, name="report")
 policy_app.command("diff")(policy_diff)
 
-NowOption = Annotated[
-    datetime | None,
-    typer.Option("--now", hidden=True, help="Pretend it is this instant (ISO 8601, with offset)."),
-]
 PolicyOption = Annotated[
     Path | None, typer.Option("--policy", help="Policy directory (default: [policy] dir).")
 ]
 DateOption = Annotated[
     str, typer.Option("--date", help="YYYY-MM-DD or 'tomorrow', a day in each borrower's zone.")
 ]
-
-
-def _now(pinned: datetime | None) -> datetime:
-    if pinned is None:
-        return datetime.now(UTC)
-    if pinned.tzinfo is None:
-        raise typer.BadParameter("--now needs a UTC offset, e.g. 2026-11-23T20:00:00+08:00")
-    return pinned.astimezone(UTC)
 
 
 def _day(value: str, settings: Settings, now: datetime) -> date:
@@ -127,7 +118,7 @@ class _PlanRun:
         account_id: str | None,
     ) -> _PlanRun:
         settings = settings_from(config)
-        moment = _now(now)
+        moment = now_from(now)
         horizon = Horizon(_day(day, settings, moment))
         policies = _policies(settings, policy_dir)
         store = open_store(settings)

@@ -66,10 +66,6 @@ class AdvisoryLeader:
         self._conn: sa.Connection | None = None
         self._mutex = threading.Lock()
 
-    @property
-    def leading(self) -> bool:
-        return self._conn is not None
-
     def acquire(self) -> bool:
         with self._mutex:
             if self._conn is not None:
