@@ -41,6 +41,7 @@ from scheduler.models import Channel, OutcomeRecord
 from scheduler.queue import ContactQueue, QueuedContact
 from scheduler.sources import build_runners
 from scheduler.store import open_store
+from scheduler.workers import DispatchWorkers
 
 __all__ = ["calls_app", "run", "status"]
 
@@ -64,12 +65,19 @@ def run(
     configure_logging(level=log_level)
     clock = offset_clock(now_from(now)) if now is not None else (lambda: datetime.now(UTC))
     rulebook = load_rulebook(settings)
-    lanes = build_lanes(settings, clock, policy_channels(rulebook))
-    with open_store(settings) as store, single_instance_lock(store):
+    processes = 1 if once else settings.daemon.dispatch_processes
+    lanes = build_lanes(settings, clock, policy_channels(rulebook), processes=processes)
+    with open_store(settings) as store, single_instance_lock(store) as lock:
+        workers = None
+        if processes > 1:
+            workers = DispatchWorkers(
+                settings, count=processes - 1, clock=clock, pinned=now is not None,
+                log_level=log_level, pass_fds=lock.fds,
+            )  # fmt: skip
         daemon = Daemon(
             settings=settings, store=store, lanes=lanes, rulebook=rulebook, clock=clock,
             reload=lambda: load_rulebook(settings_from(config)),
-            sources=build_runners(settings, store),
+            sources=build_runners(settings, store), workers=workers,
         )  # fmt: skip
         if once:
             counts = daemon.run_once()

@@ -55,6 +55,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
         "short_retries": int,
         "drain_seconds": int,
         "metrics_port": int,
+        "dispatch_processes": int,
     },
 }
 #: Keys of a ``[channels.KIND]`` table that the dispatcher reads; the rest go to the adapter.
@@ -83,6 +84,7 @@ class DaemonSettings:
     short_retries: int = 2
     drain_seconds: int = 30
     metrics_port: int = 0
+    dispatch_processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,7 @@ def _daemon(path: Path, table: dict[str, Any]) -> DaemonSettings:
     for key, value in values.items():
         if value < 0:
             raise ConfigError(f"{path}: daemon.{key} must not be negative")
-    for key in ("plan_days", "batch_size", "lease_seconds", "max_attempts"):
+    for key in ("plan_days", "batch_size", "lease_seconds", "max_attempts", "dispatch_processes"):
         if key in values and values[key] < 1:
             raise ConfigError(f"{path}: daemon.{key} must be at least 1")
     if "dispatch_every_seconds" in values:

@@ -63,6 +63,7 @@ from scheduler.queue import ContactQueue
 from scheduler.render import Templates, template_dirs
 from scheduler.sources import SourceRun, SourceRunner
 from scheduler.store import Store
+from scheduler.workers import DispatchWorkers
 
 __all__ = [
     "Daemon",
@@ -88,10 +89,12 @@ def load_rulebook(settings: Settings, policy_dir: Path | None = None) -> Ruleboo
 
 
 def build_lanes(
-    settings: Settings, clock: Callable[[], datetime], kinds: set[Channel]
+    settings: Settings, clock: Callable[[], datetime], kinds: set[Channel], *, processes: int = 1
 ) -> dict[Channel, Lane]:
-    """One lane per channel kind the policies use, from ``[channels.KIND]``. Raises
-    ``ConfigError`` for a missing table, an unknown adapter type or bad adapter options."""
+    """One lane per channel kind the policies use, from ``[channels.KIND]``; with
+    ``processes`` dispatching processes each lane keeps to its share of the provider's rate.
+    Raises ``ConfigError`` for a missing table, an unknown adapter type or bad adapter
+    options."""
     lanes: dict[Channel, Lane] = {}
     for kind in sorted(kinds):
         cs = settings.channels.get(kind.value)
@@ -105,7 +108,7 @@ def build_lanes(
             adapter = make(name=cs.type, clock=clock, **cs.options)
         except TypeError as exc:
             raise ConfigError(f"{settings.config_path}: channels.{kind.value}: {exc}") from exc
-        lanes[kind] = Lane(kind, adapter, cs.concurrency, cs.rate_per_second)
+        lanes[kind] = Lane(kind, adapter, cs.concurrency, cs.rate_per_second / processes)
     return lanes
 
 
@@ -142,6 +145,11 @@ class single_instance_lock:  # used as a context manager: named like one
         self._handle = handle
         return self
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The lock's descriptor (none off SQLite), for child processes to hold it too."""
+        return () if self._handle is None else (self._handle.fileno(),)
+
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -168,8 +176,10 @@ class Daemon:
         reload: Callable[[], Rulebook] | None = None,
         leader: Leadership | None = None,
         sources: Mapping[str, SourceRunner] | None = None,
+        workers: DispatchWorkers | None = None,
     ) -> None:
         self.settings = settings
+        self.workers = workers
         self.sources = dict(sources or {})
         self.store = store
         self.queue = ContactQueue(store)
@@ -380,6 +390,8 @@ class Daemon:
             self.metrics.serve(self.settings.daemon.metrics_port)
         scheduler = self._scheduler()
         self._guarded("plan", self.tick_plan)()
+        if self.workers is not None:
+            self.workers.start()
         self._ready = True
         self.notifier.ready(status="planning done; dispatching")
         log.info("daemon.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
@@ -431,6 +443,8 @@ class Daemon:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
+            if self.workers is not None and not self.stop.is_set():
+                self.workers.check()
             if self._healthy():
                 self.notifier.watchdog()
 
@@ -444,6 +458,8 @@ class Daemon:
         """Load the policies and templates again; keep the old ones if the new are invalid."""
         if self._reload is None:
             return False
+        if self.workers is not None:
+            self.workers.reload()  # each child reloads for itself, keeping its old on error
         self.notifier.reloading()
         try:
             book = self._reload()
@@ -483,10 +499,14 @@ class Daemon:
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
         self.notifier.stopping()
         log.info("daemon.stopping", drain_seconds=self.settings.daemon.drain_seconds)
+        drain = self.settings.daemon.drain_seconds
         drained = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
         drained.start()
-        drained.join(self.settings.daemon.drain_seconds)
+        children_clean = self.workers.stop(drain) if self.workers is not None else True
+        drained.join(drain)
         self.drained = not drained.is_alive()
+        if not children_clean:
+            log.warning("workers.killed", why="a dispatch process outlived the drain")
         with suppress(StoreError):
             left = self.queue.release(self.owner, now=self.clock())
             log.info("daemon.stopped", released=left, drained=self.drained)

@@ -518,7 +518,7 @@ class Dispatcher:
         self.queue.settle(self.owner, settled, now=self.clock(), policy_version=book.version)
         for s in settled:
             log.info(
-                "contact.settled", event_kind=s.event, contact_id=s.contact_id,
+                "contact.settled", event_kind=s.event, contact_id=s.contact_id, owner=self.owner,
                 account_id=s.account_id, rule=s.rule, channel=s.channel, outcome=s.status,
                 reason=s.reason, attempts=s.attempts, sla_breach=s.sla_breach or None,
             )  # fmt: skip

@@ -1,0 +1,269 @@
+"""More dispatch processes for one daemon: ``[daemon] dispatch_processes = N``.
+
+One Python interpreter runs every send, re-check, render and record of a daemon under one
+interpreter lock, so a daemon's dispatch rate is bounded by one core (about 500-700
+contacts/s to an HTTP gateway on the machines we measure). With ``dispatch_processes = N``
+the daemon starts N-1 dispatch-only children (``python -m scheduler.workers``); each
+claims, re-checks, sends and records through the same ``Dispatcher`` and the same leases as
+the daemon itself, so no contact is sent twice and none is lost, exactly as with several
+daemons on one PostgreSQL store. Planning, the SLA watch, sources, metrics and systemd's
+notify protocol stay in the daemon (the children never plan and never talk to systemd).
+
+What the daemon promises about its children:
+
+* each child is owner ``HOST:PID`` of its own leases; a child that dies leaves leases that
+  expire after ``lease_seconds`` (the watch tick sees them re-claimed), and the daemon
+  starts a new child in its place at its next watch tick;
+* a child holds the daemon's SQLite single-instance lock (the descriptor is passed on), so a
+  restarted daemon cannot release leases that an old child still works on;
+* a child ends when the daemon ends: SIGTERM from the daemon at shutdown (it drains like
+  the daemon: stop claiming, finish sends for up to ``drain_seconds``, release the rest,
+  exit 0), and on Linux SIGTERM from the kernel when the daemon dies (``PR_SET_PDEATHSIG``);
+  elsewhere it notices within ``dispatch_every_seconds`` that its parent is gone;
+* SIGHUP is passed on: each child reloads the policies and templates itself and keeps its
+  previous ones when the new are invalid;
+* a channel's ``rate_per_second`` is the provider's limit for the whole daemon: each of the
+  N processes keeps to ``rate_per_second / N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from scheduler.config import Settings, load_settings
+from scheduler.dispatcher import Dispatcher, RetrySettings, Rulebook
+from scheduler.errors import PolicyError, RemindError, StoreError
+from scheduler.logs import configure_logging
+from scheduler.models import Channel
+from scheduler.store import Store, open_store
+
+__all__ = ["DispatchWorkers", "main"]
+
+log = structlog.get_logger("remind.workers")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class DispatchWorkers:
+    """The daemon's dispatch-only children: ``start()``, ``check()`` (restart any that
+    died), ``reload()`` (SIGHUP each), ``stop(timeout)`` (SIGTERM each, wait, then SIGKILL).
+
+    ``count`` children run ``python -m scheduler.workers`` with the daemon's config file,
+    log level and clock (``clock()`` at start is passed as ``--now`` when ``pinned``), and
+    the descriptors in ``pass_fds`` (the SQLite single-instance lock)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        count: int,
+        clock: Callable[[], datetime],
+        pinned: bool = False,
+        log_level: str = "info",
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        self.settings = settings
+        self.count = count
+        self.clock = clock
+        self.pinned = pinned
+        self.log_level = log_level
+        self.pass_fds = tuple(pass_fds)
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def _command(self, index: int) -> list[str]:
+        command = [
+            sys.executable, "-m", "scheduler.workers",
+            "--config", str(self.settings.config_path), "--parent", str(os.getpid()),
+            "--index", str(index), "--processes", str(self.count + 1),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        if self.pinned:
+            command += ["--now", self.clock().isoformat()]
+        return command
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        child = subprocess.Popen(self._command(index), env=env, pass_fds=self.pass_fds)
+        log.info("workers.started", index=index, pid=child.pid)
+        return child
+
+    def start(self) -> None:
+        self.children = [self._spawn(i + 1) for i in range(self.count)]
+
+    def check(self) -> int:
+        """Start a new child for each one that exited; returns how many were restarted."""
+        restarted = 0
+        for i, child in enumerate(self.children):
+            code = child.poll()
+            if code is not None:
+                log.warning("workers.exited", index=i + 1, pid=child.pid, code=code)
+                self.children[i] = self._spawn(i + 1)
+                restarted += 1
+        return restarted
+
+    def reload(self) -> None:
+        self._signal(signal.SIGHUP)
+
+    def _signal(self, signum: int) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    def stop(self, timeout: float) -> bool:
+        """SIGTERM every child and wait up to ``timeout`` seconds in all; SIGKILL those
+        still running then. True when every child exited by itself."""
+        self._signal(signal.SIGTERM)
+        clean = True
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                clean = False
+        return clean
+
+
+# --- the child ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Child:
+    """One dispatch-only process: a thread per lane claiming and sending until stopped."""
+
+    def __init__(
+        self, settings: Settings, store: Store, clock: Callable[[], datetime], processes: int,
+        parent: int,
+    ) -> None:  # fmt: skip
+        from scheduler.daemon import build_lanes, load_rulebook, policy_channels
+
+        self.settings = settings
+        self.parent = parent
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+        self._book = load_rulebook(settings)
+        lanes = build_lanes(settings, clock, policy_channels(self._book), processes=processes)
+        d = settings.daemon
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.dispatcher = Dispatcher(
+            store=store, lanes=lanes, rulebook=lambda: self._book, clock=clock,
+            owner=self.owner, batch_size=d.batch_size, lease_seconds=d.lease_seconds,
+            retry=RetrySettings(
+                max_attempts=d.max_attempts, short_retries=d.short_retries,
+                base_seconds=d.retry_base_seconds, max_seconds=d.retry_max_seconds,
+            ),
+            stop=self.stop,
+        )  # fmt: skip
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda _s, _f: self.stop.set())
+        signal.signal(signal.SIGINT, lambda _s, _f: self.stop.set())
+        signal.signal(signal.SIGHUP, self._hup)
+        threads = [
+            threading.Thread(target=self._lane, args=(kind,), name=f"dispatch-{kind}")
+            for kind in self.dispatcher.lanes
+        ]
+        log.info("workers.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
+        for thread in threads:
+            thread.start()
+        while not self.stop.wait(self.settings.daemon.dispatch_every_seconds):
+            if os.getppid() != self.parent:
+                log.warning("workers.orphaned", owner=self.owner)
+                self.stop.set()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_rulebook()
+        for thread in threads:
+            thread.join(self.settings.daemon.drain_seconds)
+        try:
+            left = self.dispatcher.queue.release(self.owner, now=datetime.now(UTC))
+        except StoreError as exc:
+            log.error("workers.release_failed", owner=self.owner, error=str(exc))
+            left = -1
+        log.info("workers.stopped", owner=self.owner, released=left)
+        self.dispatcher.close()
+        return 0
+
+    def _hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def _lane(self, kind: Channel) -> None:
+        while not self.stop.is_set():
+            try:
+                self.dispatcher.dispatch(kind)
+            except RemindError as exc:
+                log.error("tick.failed", tick=f"dispatch.{kind.value}", error=str(exc))
+            except Exception:  # like a daemon tick: logged in full, tried again
+                log.exception("tick.crashed", tick=f"dispatch.{kind.value}")
+            self.stop.wait(self.settings.daemon.dispatch_every_seconds)
+
+    def _reload_rulebook(self) -> None:
+        from scheduler.daemon import load_rulebook
+
+        try:
+            book: Rulebook = load_rulebook(load_settings(self.settings.config_path))
+        except (PolicyError, RemindError) as exc:
+            log.error("reload.rejected", owner=self.owner, problem=str(exc))
+            return
+        self._book = book
+        log.info("reload.done", owner=self.owner, policy_version=book.version)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scheduler.workers", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--index", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--now", type=datetime.fromisoformat, default=None)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    configure_logging(level=args.log_level)
+    if os.getppid() != args.parent:  # the daemon died before we got here
+        return 0
+    settings = load_settings(args.config)
+    if args.now is not None:
+        from scheduler.daemon import offset_clock
+
+        clock = offset_clock(args.now.astimezone(UTC))
+    else:
+
+        def clock() -> datetime:
+            return datetime.now(UTC)
+
+    try:
+        with open_store(settings) as store:
+            return _Child(settings, store, clock, args.processes, args.parent).run()
+    except RemindError as exc:
+        log.error("workers.failed", error=str(exc))
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
