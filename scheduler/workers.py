@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 import structlog
 
@@ -64,7 +65,8 @@ class DispatchWorkers:
 
     ``count`` children run ``python -m scheduler.workers`` with the daemon's config file,
     log level and clock (``clock()`` at start is passed as ``--now`` when ``pinned``), and
-    the descriptors in ``pass_fds`` (the SQLite single-instance lock)."""
+    the descriptors in ``pass_fds`` (the SQLite single-instance lock). Their log lines go
+    to ``log`` (default: the daemon's own stdout, so journald gets both)."""
 
     def __init__(
         self,
@@ -75,8 +77,10 @@ class DispatchWorkers:
         pinned: bool = False,
         log_level: str = "info",
         pass_fds: Sequence[int] = (),
+        log: IO[str] | None = None,
     ) -> None:
         self.settings = settings
+        self.log = log
         self.count = count
         self.clock = clock
         self.pinned = pinned
@@ -97,9 +101,16 @@ class DispatchWorkers:
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        child = subprocess.Popen(self._command(index), env=env, pass_fds=self.pass_fds)
+        child = subprocess.Popen(
+            self._command(index), env=env, pass_fds=self.pass_fds, stdout=self.log,
+            stderr=subprocess.STDOUT if self.log is not None else None,
+        )  # fmt: skip
         log.info("workers.started", index=index, pid=child.pid)
         return child
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
 
     def start(self) -> None:
         self.children = [self._spawn(i + 1) for i in range(self.count)]
