@@ -15,8 +15,9 @@ any other status (4xx, 3xx)                    ``PermanentChannelError`` with th
 
 Every request carries ``Idempotency-Key: <contact id>``: a retry after a lost reply is the
 same message to the provider, which must not deliver it twice. An adapter never sleeps,
-retries, throttles or logs (the dispatcher does all four); one ``httpx.HTTPTransport`` and its
-connection pool serve the dispatcher's worker threads at once. Secrets come from
+retries, throttles or logs (the dispatcher does all four); one transport serves the
+dispatcher's worker threads at once (``channels.wire.StdlibTransport``: a kept-alive
+connection per thread; ``httpx.HTTPTransport`` when a proxy is configured). Secrets come from
 ``channels.secrets.read_secret``; every bad option is a ``ConfigError`` naming the key.
 
 The request body is a template: a mapping (nested mappings and lists allowed) whose string
@@ -44,6 +45,7 @@ import httpx
 
 from channels.base import Message, Receipt
 from channels.secrets import read_secret
+from channels.wire import StdlibTransport
 from scheduler.errors import ConfigError, PermanentChannelError, TransientChannelError
 
 __all__ = [
@@ -247,15 +249,24 @@ class HttpChannel:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._headers = sent
         self._timeout = httpx.Timeout(self.timeout_seconds).as_dict()
-        # One pooled transport, used directly: a provider API needs no cookies, redirects or
-        # auth flows, and httpx.Client's handling of them costs a third of a send's CPU.
-        self._transport = transport or httpx.HTTPTransport(
-            verify=_tls(what, ca_file),
-            trust_env=False,  # proxies and CAs come from config, not from the environment
-            proxy=None if proxy is None else _url(what, proxy, "proxy"),
-            # The dispatcher bounds concurrency; keep its connections alive between sends.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        # A transport used directly: a provider API needs no cookies, redirects or auth
+        # flows, and httpx.Client's handling of them costs a third of a send's CPU. Without
+        # a proxy, the standard library's http.client carries the request (channels.wire:
+        # a third of httpcore's CPU per send); through a proxy, httpx's own transport.
+        verify = _tls(what, ca_file)
+        self._transport: httpx.BaseTransport
+        if transport is not None:
+            self._transport = transport
+        elif proxy is None:
+            self._transport = StdlibTransport(verify=verify)
+        else:
+            self._transport = httpx.HTTPTransport(
+                verify=verify,
+                trust_env=False,  # proxies and CAs come from config, not from the environment
+                proxy=_url(what, proxy, "proxy"),
+                # The dispatcher bounds concurrency; keep its connections alive between sends.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            )
 
     def _check(self, message: Message) -> None:
         """Refuse, before sending, a message the provider could never deliver as meant."""
