@@ -53,7 +53,7 @@ def source_report(settings: Settings, store: Store) -> list[dict[str, Any]]:
                 if last is None
                 else {
                     "started": last.started.isoformat(),
-                    "finished": None if status.running else last.finished.isoformat(),
+                    "finished": last.finished.isoformat(),
                     "ok": last.ok,
                     "running": status.running,
                     "rows_read": last.rows_read,
@@ -62,6 +62,7 @@ def source_report(settings: Settings, store: Store) -> list[dict[str, Any]]:
                     "cancelled": last.cancelled,
                     "watermark": last.watermark,
                 },
+                "running": status.running,
                 "last_error": None if last is None else last.error,
                 "last_success": status.last_success.isoformat() if status.last_success else None,
             }
@@ -80,8 +81,8 @@ def print_sources(report: list[dict[str, Any]], console: Console) -> None:
     for entry in report:
         last = entry["last_run"]
         result = "never run" if last is None else "ok" if last["ok"] else "[bold red]FAILED[/]"
-        if last is not None and last["running"]:
-            result = "running"
+        if entry["running"]:
+            result = "running" if last is None else f"{result}, running again"
         counts = "-"
         if last is not None:
             counts = "/".join(str(last[k]) for k in ("rows_read", "upserted", "rejected",

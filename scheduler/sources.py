@@ -115,9 +115,10 @@ class SourceRun:
 
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
-    """A source's last run and its last successful one, as ``remind status`` shows them.
-    ``running``: the last run has not finished (it is in progress, or its process died and
-    the next run will supersede it)."""
+    """A source's last finished run and its last successful one, as ``remind status`` shows
+    them. ``running``: a later run has not finished (it is in progress, or its process died
+    and the next run will supersede it); ``last`` stays the last one that did, so a failure
+    does not look cured while the next attempt is under way."""
 
     source: str
     last: SourceRun | None
@@ -215,21 +216,22 @@ class SourceLedger:
             conn.execute(stmt)
 
     def status(self, sources: list[str]) -> list[SourceStatus]:
-        """Each named source's last run and last successful run's start, in that order."""
+        """Each named source's last finished run, last successful run's start, and whether a
+        later run is unfinished, in that order."""
         r = source_runs.c
         found: list[SourceStatus] = []
         with db_errors("cannot read source runs"), self._engine.connect() as conn:
             for name in sources:
-                last = conn.execute(
-                    sa.select(source_runs).where(r.source == name)
-                    .order_by(r.started.desc(), r.id.desc()).limit(1)
-                ).one_or_none()  # fmt: skip
+                newest = sa.select(source_runs).where(r.source == name)
+                newest = newest.order_by(r.started.desc(), r.id.desc()).limit(1)
+                latest = conn.execute(newest).one_or_none()
+                last = conn.execute(newest.where(r.finished.is_not(None))).one_or_none()
                 success = conn.scalar(
                     sa.select(sa.func.max(r.started)).where(
                         r.source == name, r.error.is_(None), r.finished.is_not(None)
                     )
                 )
-                running = last is not None and last.finished is None
+                running = latest is not None and latest.finished is None
                 run = None if last is None else _run(last)
                 found.append(SourceStatus(name, run, success, running))
         return found

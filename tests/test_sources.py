@@ -309,8 +309,22 @@ def test_a_run_in_progress_shows_as_running_not_failed(store: Store) -> None:
     ledger = SourceLedger(store)
     ledger.start("loans", now=MORNING)
     status = ledger.status(["loans"])[0]
-    assert status.running and status.last is not None and status.last.ok
-    assert status.last_success is None
+    assert status.running and status.last is None and status.last_success is None
+
+
+def test_a_failure_stays_shown_while_the_next_run_is_under_way(
+    store: Store, tmp_path: Path
+) -> None:
+    # Given a source whose last run failed
+    lender = next(_sqlite_lender(tmp_path))
+    source = lender.source(query=f"SELECT account_id, updated_at FROM {lender.table}")
+    assert not runner(store, source).run(MORNING).ok
+    # When the next run has started but not finished
+    SourceLedger(store).start(source.name, now=MORNING + timedelta(minutes=1))
+    # Then the status shows the failure, and that a run is under way
+    status = SourceLedger(store).status([source.name])[0]
+    assert status.running and status.last is not None and not status.last.ok
+    assert status.last.started == MORNING
 
 
 # --- folder ---------------------------------------------------------------------------------
