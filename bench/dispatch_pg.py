@@ -13,8 +13,14 @@ Measured:
 * ``remind``: D real ``remind run`` processes (``--now`` 12:30, a config whose
   ``[channels.sms]`` points at the gateway) are started on the empty store and left until
   each has logged ``daemon.ready`` (start-up and their first, empty, plan tick are done).
-  Then the plan is materialised into the queue (one transaction) and the daemons drain it:
-  claim ``FOR UPDATE SKIP LOCKED`` with a lease, re-check, render, POST, record + audit.
+  Then the accounts are upserted, planned and materialised into the queue by this script
+  (untimed, one transaction), and the daemons drain it: claim ``FOR UPDATE SKIP LOCKED``
+  with a lease, re-check, render, POST, record + audit, a JSON log line per contact (to a
+  file). The accounts come only then: on a store that has them at start, the leader's first
+  plan tick plans and queues them itself while the other daemons are still starting.
+  ``dispatch_every_seconds`` is the shipped 2.0 (``--dispatch-every``): every daemon has a
+  lane per channel the policies use (SMS, email, call, letter), and the idle lanes' claims
+  cost the database, so the tests' 0.2 s would overstate it tenfold.
   The window runs from the gateway's first delivery (its request log's ``time``,
   ``time.monotonic()``, the same clock in every process) to the last ``contact.settled``
   (``sent``) line any daemon logged (structlog's real-clock UTC timestamp, written after
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -61,19 +68,72 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+WORKER_TAG = "@@baseline-worker@@ "
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
+
+# --- the baseline's processes (before the heavy imports: they need none of remind) ------
+
+
+def baseline_worker(params: dict[str, Any]) -> dict[str, Any]:
+    """One baseline process (``--baseline-worker JSON``, which imports only httpx and
+    psycopg): connect, say ready, wait for ``go`` on stdin, then POST its share and write
+    its share of status updates and audit rows; say done, wait, close."""
+    first, last, concurrency = params["first"], params["last"], params["concurrency"]
+    # No cap on connections (the threads bound them): with max_connections = threads a
+    # request can wait for a connection, and httpcore's pool may then close one already
+    # handed to it (EBADF mid-read, encode/httpcore#1110), seen here under load.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
+    client = httpx.Client(limits=limits, timeout=30)
+    db = psycopg.connect(params["libpq"], options=f"-csearch_path={params['schema']}")
+    sms = f"{params['gateway']}/sms"
+
+    def post(i: int) -> str:
+        key = f"{params['prefix']}{i}"
+        body = {"to": "+8613812345678", "text": "x" * 120, "reference": key}
+        reply = client.post(sms, headers={"Idempotency-Key": key}, json=body)
+        reply.raise_for_status()
+        return str(reply.json()["id"])
+
+    with ThreadPoolExecutor(concurrency) as pool:  # threads started before the clock runs
+        list(pool.map(lambda _: None, range(concurrency)))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        started, cpu = time.monotonic(), time.process_time()
+        refs = list(pool.map(post, range(first, last)))
+    with db.transaction(), db.cursor() as cur:
+        cur.executemany(
+            "UPDATE bare_contacts SET status = 'sent', provider_ref = %s, performed_at = now()"
+            " WHERE contact_id = %s",
+            [(ref, f"k{i}") for i, ref in zip(range(first, last), refs, strict=True)],
+        )
+        with cur.copy("COPY bare_audit (at, kind, contact_id, detail) FROM STDIN") as copy:
+            at = datetime.now(UTC)
+            for i, ref in zip(range(first, last), refs, strict=True):
+                copy.write_row((at, "sent", f"k{i}", json.dumps({"provider_ref": ref})))
+    ended, cpu = time.monotonic(), time.process_time() - cpu
+    print("done", flush=True)  # the parent reads the server's CPU while the session lives
+    sys.stdin.readline()
+    db.close()
+    client.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"started": started, "ended": ended, "contacts": last - first, "cpu_s": cpu,
+            "peak_rss_mib": rss}  # fmt: skip
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--baseline-worker"]:
+    print(WORKER_TAG + json.dumps(baseline_worker(json.loads(sys.argv[2]))), flush=True)
+    sys.exit(0)
+
 import sqlalchemy as sa  # noqa: E402
 
 from bench.common import (  # noqa: E402
     OUT,
-    PHASE_TAG,
     code_version,
     fresh_store,
     libpq_url,
     peak_rss_mib,
-    phase_main,
 )
 from scheduler.config import load_settings  # noqa: E402
 from scheduler.daemon import load_rulebook  # noqa: E402
@@ -201,11 +261,13 @@ class Sample:
     procs: dict[int, float]
     postgres: dict[int, float]
     busy: tuple[float, float]
+    own: float
 
     @classmethod
     def take(cls, pids: Iterable[int]) -> Sample:
         procs = {p: sum(cpu_seconds(d) for d in descendants(p)) for p in pids}
-        return cls(time.monotonic(), procs, postgres_cpu(), machine_busy())
+        own = time.process_time()
+        return cls(time.monotonic(), procs, postgres_cpu(), machine_busy(), own)
 
     def since(self, start: Sample) -> dict[str, Any]:
         pg = sum(v - start.postgres.get(pid, 0.0) for pid, v in self.postgres.items())
@@ -216,7 +278,25 @@ class Sample:
             "cpu_s": {p: v - start.procs.get(p, 0.0) for p, v in self.procs.items()},
             "postgres_cpu_s": pg,
             "machine_busy_share": busy / total if total else 0.0,
+            "machine_busy_s": busy,
+            "own_cpu_s": self.own - start.own,
         }
+
+
+def account_cpu(window: Mapping[str, Any], pids: Sequence[int], gateway: int) -> dict[str, float]:
+    """Where the machine's CPU went in a window, seconds: the dispatching processes, the
+    gateway, PostgreSQL, this script (polling), and the rest (other users' work, kernel
+    time not charged to a process), of ``cores * wall`` available."""
+    cpu = window["cpu_s"]
+    ours = {
+        "dispatchers": sum(cpu[p] for p in pids),
+        "gateway": cpu[gateway],
+        "postgres": window["postgres_cpu_s"],
+        "this_script": window["own_cpu_s"],
+    }
+    ours["other"] = max(0.0, window["machine_busy_s"] - sum(ours.values()))
+    ours["available"] = window["wall_s"] * len(os.sched_getaffinity(0))
+    return {k: round(v, 2) for k, v in ours.items()}
 
 
 def wall_offset() -> float:
@@ -263,45 +343,6 @@ def seed(store: Store, n: int) -> list[PlannedContact]:
 # --- the baseline -------------------------------------------------------------------------
 
 
-def baseline_worker(params: dict[str, Any]) -> dict[str, Any]:
-    """One baseline process: connect, say ready, wait for ``go`` on stdin, then POST its
-    share and write its share of status updates and audit rows."""
-    first, last, concurrency = params["first"], params["last"], params["concurrency"]
-    client = httpx.Client(limits=httpx.Limits(max_connections=concurrency), timeout=30)
-    db = psycopg.connect(libpq_url(params["url"]), options=f"-csearch_path={params['schema']}")
-    sms = f"{params['gateway']}/sms"
-
-    def post(i: int) -> str:
-        key = f"{params['prefix']}{i}"
-        body = {"to": "+8613812345678", "text": "x" * 120, "reference": key}
-        reply = client.post(sms, headers={"Idempotency-Key": key}, json=body)
-        reply.raise_for_status()
-        return str(reply.json()["id"])
-
-    with ThreadPoolExecutor(concurrency) as pool:  # threads started before the clock runs
-        list(pool.map(lambda _: None, range(concurrency)))
-        print("ready", flush=True)
-        sys.stdin.readline()
-        started, cpu = time.monotonic(), time.process_time()
-        refs = list(pool.map(post, range(first, last)))
-    with db.transaction(), db.cursor() as cur:
-        cur.executemany(
-            "UPDATE bare_contacts SET status = 'sent', provider_ref = %s, performed_at = now()"
-            " WHERE contact_id = %s",
-            [(ref, f"k{i}") for i, ref in zip(range(first, last), refs, strict=True)],
-        )
-        with cur.copy("COPY bare_audit (at, kind, contact_id, detail) FROM STDIN") as copy:
-            at = datetime.now(UTC)
-            for i, ref in zip(range(first, last), refs, strict=True):
-                copy.write_row((at, "sent", f"k{i}", json.dumps({"provider_ref": ref})))
-    ended, cpu = time.monotonic(), time.process_time() - cpu
-    print("done", flush=True)  # the parent reads the server's CPU while the session lives
-    sys.stdin.readline()
-    db.close()
-    client.close()
-    return {"started": started, "ended": ended, "contacts": last - first, "cpu_s": cpu}
-
-
 def baseline(
     url: str, schema: str, gateway: str, gateway_pid: int, n: int, workers: int, concurrency: int
 ) -> dict[str, Any]:
@@ -322,16 +363,18 @@ def baseline(
     progress(f"baseline: {workers} process(es), {n:,} POSTs + writes")
     procs = []
     for w in range(workers):
-        params = {"url": url, "schema": schema, "gateway": gateway, "first": bounds[w],
-                  "last": bounds[w + 1], "concurrency": concurrency, "prefix": "base-"}  # fmt: skip
-        command = [sys.executable, __file__, "--phase", "baseline", "--params", json.dumps(params)]
+        params = {"libpq": libpq_url(url), "schema": schema, "gateway": gateway,
+                  "first": bounds[w], "last": bounds[w + 1], "concurrency": concurrency,
+                  "prefix": "base-"}  # fmt: skip
+        command = [sys.executable, __file__, "--baseline-worker", json.dumps(params)]
         procs.append(subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True))  # fmt: skip
     for proc in procs:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise Failed("a baseline process did not start")
-    before = Sample.take([gateway_pid])
+    pids = [proc.pid for proc in procs]
+    before = Sample.take([gateway_pid, *pids])
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
@@ -340,14 +383,14 @@ def baseline(
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "done":
             raise Failed(f"a baseline process failed (exit {proc.wait()})")
-    window = Sample.take([gateway_pid]).since(before)
+    window = Sample.take([gateway_pid, *pids]).since(before)
     results = []
     for proc in procs:
         out, _ = proc.communicate("bye\n", timeout=60)
-        tagged = [line for line in out.splitlines() if line.startswith(PHASE_TAG)]
+        tagged = [line for line in out.splitlines() if line.startswith(WORKER_TAG)]
         if proc.returncode != 0 or not tagged:
             raise Failed(f"a baseline process failed (exit {proc.returncode})")
-        results.append(json.loads(tagged[-1][len(PHASE_TAG) :]))
+        results.append(json.loads(tagged[-1][len(WORKER_TAG) :]))
     with psycopg.connect(libpq_url(url), options=f"-csearch_path={schema}") as db:
         sent = db.execute("SELECT count(*) FROM bare_contacts WHERE status = 'sent'").fetchone()
         audited = db.execute("SELECT count(*) FROM bare_audit").fetchone()
@@ -358,11 +401,12 @@ def baseline(
         "processes": workers,
         "wall_s": wall,
         "per_s": n / wall,
-        "cpu_ms_per_contact": 1000 * sum(r["cpu_s"] for r in results) / n,
+        "cpu_ms_per_contact": 1000 * sum(window["cpu_s"][p] for p in pids) / n,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
         "gateway_cpu_ms_per_request": 1000 * window["cpu_s"][gateway_pid] / n,
         "postgres_cpu_s": window["postgres_cpu_s"],
         "machine_busy_share": window["machine_busy_share"],
+        "cpu_account": account_cpu(window, pids, gateway_pid),
     }
 
 
@@ -408,10 +452,10 @@ def remind_run(
     try:
         for d in daemons:
             d.wait_for(lambda d=d: bool(_events(d.log_path, ["daemon.ready"])), timeout=120)
-        time.sleep(1.0)  # every lane has ticked once; measure what idle ticking costs
+        time.sleep(0.5)  # the lanes have ticked; measure what idle ticking costs
         pids = [d.proc.pid for d in daemons]
         idle0 = Sample.take(pids)
-        time.sleep(2.0)
+        time.sleep(max(1.5, args.dispatch_every))
         idle = Sample.take(pids).since(idle0)
         # the accounts come now: had they been there at start, the leader's first plan
         # tick would have planned and queued them while the others were still starting
@@ -437,6 +481,8 @@ def remind_run(
         profile = _stop_profile(spy) if spy else None
         spy = None
         progress("all sent; stopping the daemons")
+        for d in daemons:  # all at once: each drains on its own
+            d.signal(signal.SIGTERM)
         codes = [d.stop(timeout=60) for d in daemons]
     finally:
         if spy is not None:
@@ -476,6 +522,7 @@ def remind_run(
         "gateway_cpu_ms_per_request": 1000 * cpu[gateway_pid] / len(requests),
         "postgres_cpu_s": window["postgres_cpu_s"],
         "machine_busy_share": window["machine_busy_share"],
+        "cpu_account": account_cpu(window, pids, gateway_pid),
         "shares": shares,
         "requests": len(requests),
         "duplicates": sum(1 for r in requests if r.get("duplicate")),
@@ -529,7 +576,7 @@ def _start_profile(pid: int) -> subprocess.Popen[bytes]:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / "dispatch_pg-d0.txt"
     proc = subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--gil",
          "--output", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -578,8 +625,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="send threads per process")
     parser.add_argument("--batch", type=int, default=200, help="the daemons' batch_size")
     parser.add_argument(
-        "--dispatch-every", type=float, default=0.2, metavar="S",
-        help="the daemons' dispatch_every_seconds (0.2 as in the tests; 2.0 is the default)",
+        "--dispatch-every", type=float, default=2.0, metavar="S",
+        help="the daemons' dispatch_every_seconds (default 2.0, the shipped default)",
     )  # fmt: skip
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between store polls")
     parser.add_argument("--profile", action="store_true", help="py-spy the first daemon")
@@ -662,6 +709,13 @@ def render(result: Mapping[str, Any]) -> str:
         f"  gateway: {ours['requests']:,} requests, {ours['duplicates']} duplicates refused; "
         f"every contact sent once (store, audit, gateway, logs): verified",
     ]
+    for name, r in (("remind", ours), ("baseline", base)):
+        c = r["cpu_account"]
+        lines.append(
+            f"  CPU s in the {name} window: dispatchers {c['dispatchers']}, gateway "
+            f"{c['gateway']}, postgres {c['postgres']}, this script {c['this_script']}, "
+            f"other {c['other']} (of {c['available']} available)"
+        )
     profile = ours.get("profile")
     if profile:
         lines += ["", f"  py-spy, daemon d0, {profile['samples']:,} samples ({profile['path']}):"]
@@ -671,5 +725,4 @@ def render(result: Mapping[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    if not phase_main({"baseline": baseline_worker}):
-        main()
+    main()
