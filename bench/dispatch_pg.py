@@ -481,9 +481,11 @@ def remind_run(
         profile = _stop_profile(spy) if spy else None
         spy = None
         progress("all sent; stopping the daemons")
-        for d in daemons:  # all at once: each drains on its own
+        for d in daemons:  # all at once, and once: each drains on its own
             d.signal(signal.SIGTERM)
-        codes = [d.stop(timeout=60) for d in daemons]
+        codes = [d.proc.wait(60) for d in daemons]
+        for d in daemons:
+            d.stop()  # closes its log (the process has exited: no second signal)
     finally:
         if spy is not None:
             spy.kill()
