@@ -81,10 +81,11 @@ def baseline_worker(params: dict[str, Any]) -> dict[str, Any]:
     psycopg): connect, say ready, wait for ``go`` on stdin, then POST its share and write
     its share of status updates and audit rows; say done, wait, close."""
     first, last, concurrency = params["first"], params["last"], params["concurrency"]
-    # No cap on connections (the threads bound them): with max_connections = threads a
-    # request can wait for a connection, and httpcore's pool may then close one already
-    # handed to it (EBADF mid-read, encode/httpcore#1110), seen here under load.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
+    # No caps at all (the threads bound the connections): httpcore 1.0.9's pool can close
+    # an idle connection it has just handed to a waiting request, which then fails with
+    # EBADF mid-read (encode/httpcore#1110), seen here under load both at max_connections
+    # and past max_keepalive_connections (its surplus check counts every connection).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     client = httpx.Client(limits=limits, timeout=30)
     db = psycopg.connect(params["libpq"], options=f"-csearch_path={params['schema']}")
     sms = f"{params['gateway']}/sms"
