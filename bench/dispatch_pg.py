@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -130,7 +129,10 @@ def baseline_worker(params: dict[str, Any]) -> dict[str, Any]:
     sys.stdin.readline()
     db.close()
     client.close()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec, so a child would report
+    # its parent's peak
+    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if "VmHWM" in ln]
+    rss = int(hwm[0].split()[1]) / 1024
     return {"started": started, "ended": ended, "contacts": last - first, "cpu_s": cpu,
             "peak_rss_mib": rss, "retried": len(retried)}  # fmt: skip
 
