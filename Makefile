@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dryrun_bench.py --accounts 100000
 	$(BIN)/python bench/materialise.py --accounts 20000
 	$(BIN)/python bench/dispatch.py --contacts 10000 --concurrency 8 --batch 500
+	$(BIN)/python bench/dispatch_pg.py --daemons 3 --contacts 20000   # needs PostgreSQL
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
