@@ -25,14 +25,15 @@ import json
 import multiprocessing
 import operator
 import re
+import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
 from pathlib import Path
-from queue import Empty
-from typing import IO, Any
+from queue import Empty, Full
+from typing import IO, Any, NamedTuple
 from zoneinfo import available_timezones
 
 import phonenumbers
@@ -245,10 +246,10 @@ class _RegionTypes:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Phone:
+class Phone(NamedTuple):
     """A valid number: its E.164 text, country calling code, ``PhoneNumberType`` and region
-    (``phonenumbers.region_code_for_number``); ``number`` is the parsed number."""
+    (``phonenumbers.region_code_for_number``); ``number`` is the parsed number. (A named
+    tuple, not a dataclass: two are made per row of an import, and this is 3x cheaper.)"""
 
     e164: str
     code: int
@@ -297,12 +298,14 @@ class PhoneBook:
                 return None
             code = parsed.country_code or 0
             national = phonenumbers.national_significant_number(parsed)
+            e164 = f"+{code}{national}"
         else:
             code, national = found
+            e164 = text  # "+" code national, as read
         region, kind = self._classify(code, national)
         if kind == _UNKNOWN or region is None:
             return None
-        return Phone(f"+{code}{national}", code, kind, region, parsed)
+        return Phone(e164, code, kind, region, parsed)
 
     def zones(self, phone: Phone) -> tuple[str, ...]:
         """The IANA zones of the number, sorted; empty when unknown."""
@@ -1026,7 +1029,9 @@ class _WorkerFailed:
 
 def _check_share(share: _Share, out: Any) -> None:
     """A parse worker process: put each checked batch of its share on ``out``, then
-    ``None``; or, if it fails, a ``_WorkerFailed``."""
+    ``None``; or, if it fails, a ``_WorkerFailed``. Ctrl-C is left to the importing process
+    (which ends the workers); a worker whose importing process is gone stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with share.path.open(encoding="utf-8-sig", newline="") as handle:
             source = _open_accounts(handle, share.fmt, share.path.name)
@@ -1036,11 +1041,25 @@ def _check_share(share: _Share, out: Any) -> None:
             for batch in _batches(
                 source.records, checker, size, share=share.share, shares=share.shares
             ):
-                out.put(batch)
-        out.put(None)
+                _put(out, batch)
+        _put(out, None)
     except Exception as exc:  # the importing process reports it and rolls back
-        out.put(_WorkerFailed(f"{type(exc).__name__}: {exc}"))
+        _put(out, _WorkerFailed(f"{type(exc).__name__}: {exc}"))
         raise
+
+
+def _put(out: Any, message: _Batch | _WorkerFailed | None) -> None:
+    """``out.put(message)``, waiting while the queue is full, unless the importing process
+    has gone (then this worker exits)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            out.put(message, timeout=_POLL_SECONDS)
+            return
+        except Full:
+            if parent is not None and not parent.is_alive():
+                out.cancel_join_thread()  # nobody will read what is still in the pipe
+                raise SystemExit(1) from None
 
 
 class _Workers:

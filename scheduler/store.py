@@ -380,6 +380,9 @@ _KEYED = _ROW[: -len(_STAMPS)]
 #: The imported columns of an encoded row (``_IMPORTED`` order), and where its status is.
 _imported_of = operator.itemgetter(*(_KEYED.index(name) for name in _IMPORTED))
 _STATUS_AT = _IMPORTED.index("status")
+#: Columns with few distinct values in a file (due dates, a flag): their bind processors,
+#: pure functions of the value, are memoised.
+_FEW_VALUES = frozenset({"due_date", "phone_valid"})
 
 
 class AccountRows:
@@ -397,7 +400,11 @@ class AccountRows:
         processors = [
             accounts.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _KEYED
         ]
-        self._process = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+        self._process = tuple(
+            (i, lru_cache(maxsize=4096)(p) if _KEYED[i] in _FEW_VALUES else p)
+            for i, p in enumerate(processors)
+            if p is not None
+        )
 
     @classmethod
     def for_driver(cls, drivername: str) -> AccountRows:
@@ -585,9 +592,25 @@ class AccountImport:
             sql = self._stored_sql.get(key)
             if sql is None:
                 sql = self._stored_sql[key] = _stored_sql(self._dialect, key)
-            for row in self._conn.exec_driver_sql(sql, params).fetchall():
-                found[row[0]] = tuple(row)
+            for row in self._fetch(sql, params):
+                found[row[0]] = row
         return found
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` as the driver's own tuples, on this import's connection (no
+        ``Row`` per row); driver errors become ``StoreError``."""
+        raw = self._conn.connection.dbapi_connection
+        if raw is None:  # pragma: no cover - a checked-out connection always has one
+            raise StoreError("cannot import accounts: the connection is closed")
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        except self._conn.dialect.loaded_dbapi.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise StoreError(f"cannot import accounts: {first}") from exc
+        finally:
+            cursor.close()
 
 
 # --- the store ----------------------------------------------------------------------------
