@@ -20,12 +20,14 @@ Row numbers are what a person counts in the file: for CSV the line where the rec
 from __future__ import annotations
 
 import csv
+import gc
 import itertools
 import json
 import multiprocessing
 import operator
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -33,7 +35,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
 from pathlib import Path
 from queue import Empty, Full
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeVar
 from zoneinfo import available_timezones
 
 import phonenumbers
@@ -86,6 +88,7 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _E164_DIGITS = re.compile(r"\+([1-9]\d{5,16})")
 _LIST_SPLIT = re.compile(r"[\s;]+")
 _STATUSES = {"active": AccountStatus.ACTIVE, "closed": AccountStatus.CLOSED}
+_T = TypeVar("_T")
 _FLAGS = {f.value: f for f in Flag}
 
 
@@ -442,6 +445,13 @@ class RowParser:
 
     def parse_fields(self, fields: Sequence[str]) -> Account | list[tuple[str, str]]:
         """``parse`` of the ``ACCOUNT_COLUMNS`` texts, in that order."""
+        return self.parse_into(fields, Account)
+
+    def parse_into(
+        self, fields: Sequence[str], make: Callable[..., _T]
+    ) -> _T | list[tuple[str, str]]:
+        """``parse_fields``, with ``make`` (called with ``Account``'s keywords) in place of
+        ``Account``: the import makes its store rows so (``AccountRows.row``)."""
         (account_id, name, phone_text, email_text, timezone, country_text, language, product,
          due_text, due_amount, paid_amount, currency_text, status_text, flags_text,
          emergency) = fields  # fmt: skip
@@ -460,7 +470,7 @@ class RowParser:
         email = _email(email_text, problems)
         if problems or due_date is None or amount_due is None:
             return list(problems)
-        return Account(
+        return make(
             account_id=account_id,
             due_date=due_date,
             amount_due=amount_due,
@@ -938,12 +948,10 @@ class _Batch:
 class _Checker:
     """Checks records one by one into a ``_Batch``: decode, ``RowParser``, encode."""
 
-    def __init__(
-        self, decode: _Decode, parser: RowParser, encode: Callable[[Account], tuple[Any, ...]]
-    ) -> None:
+    def __init__(self, decode: _Decode, parser: RowParser, rows: AccountRows) -> None:
         self._decode = decode
-        self._parse = parser.parse_fields
-        self._encode = encode
+        self._parse = parser.parse_into
+        self._row = rows.row
 
     def add(self, batch: _Batch, number: int, raw: Any) -> None:
         batch.records += 1
@@ -951,15 +959,15 @@ class _Checker:
         if isinstance(values, RowProblem):
             batch.rejects.append((len(batch.rows), original, [values]))
             return
-        result = self._parse(values)
-        if not isinstance(result, Account):
-            problems = [RowProblem(number, column, why) for column, why in result]
-            batch.rejects.append((len(batch.rows), original, problems))
-            return
         try:
-            batch.rows.append(self._encode(result))
+            result = self._parse(values, self._row)
         except ValueError as exc:  # ScaledDecimal: more than four decimal places
             raise StoreError(f"cannot import accounts: {exc}") from exc
+        if isinstance(result, list):
+            problems = [RowProblem(number, column, why) for column, why in result]
+            batch.rejects.append((len(batch.rows), original, problems))
+        else:
+            batch.rows.append(result)
 
 
 def _batches(
@@ -1035,8 +1043,8 @@ def _check_share(share: _Share, out: Any) -> None:
     try:
         with share.path.open(encoding="utf-8-sig", newline="") as handle:
             source = _open_accounts(handle, share.fmt, share.path.name)
-            encode = AccountRows.for_driver(share.driver).encode
-            checker = _Checker(source.decode, RowParser(share.defaults), encode)
+            rows = AccountRows.for_driver(share.driver)
+            checker = _Checker(source.decode, RowParser(share.defaults), rows)
             size = share.batch_size
             for batch in _batches(
                 source.records, checker, size, share=share.share, shares=share.shares
@@ -1062,16 +1070,29 @@ def _put(out: Any, message: _Batch | _WorkerFailed | None) -> None:
                 raise SystemExit(1) from None
 
 
+def _start_method() -> str:
+    """``fork`` when this process runs no other thread (``remind accounts import``): a
+    worker then starts at once with the modules already imported, where ``spawn`` costs a
+    new interpreter importing remind (about 1.5 s of CPU each). With other threads running
+    (a daemon), forking is unsafe: ``spawn``."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 class _Workers:
     """``count`` parse worker processes over one file. Each reads the whole file (reading
     is cheap; checking is not) and checks every ``count``-th batch, so batch ``k`` comes
     from worker ``k % count``; ``batches`` reads them back in file order. Each worker's
     queue holds at most ``_QUEUE_DEPTH`` batches: memory stays bounded whatever the file's
-    size. Workers are ``spawn``-ed (no copy of the parent's connections), daemonic, and
-    ended by ``close``."""
+    size. Workers are daemonic and ended by ``close``; they touch nothing of this process
+    but the file and their queue. When forked, the objects they inherit are frozen out of
+    their garbage collector first (``gc.freeze``): a worker never finalises this process's
+    database connections."""
 
     def __init__(self, share_of: Callable[[int, int], _Share], count: int) -> None:
-        context = multiprocessing.get_context("spawn")
+        method = _start_method()
+        context: Any = multiprocessing.get_context(method)  # typeshed: BaseContext
         self._queues = [context.Queue(maxsize=_QUEUE_DEPTH) for _ in range(count)]
         self._processes = [
             context.Process(
@@ -1082,8 +1103,14 @@ class _Workers:
             )
             for i, queue in enumerate(self._queues)
         ]
-        for process in self._processes:
-            process.start()
+        if method == "fork":
+            gc.freeze()
+        try:
+            for process in self._processes:
+                process.start()
+        finally:
+            if method == "fork":
+                gc.unfreeze()
 
     def batches(self) -> Iterator[_Batch]:
         """Every checked batch, in file order. Raises ``ImportFileError`` when a worker
@@ -1180,8 +1207,8 @@ def import_accounts(
                 workers = _Workers(share_of, parse_workers)
                 batches = workers.batches()
             else:
-                encode = AccountRows(store.engine.dialect).encode
-                checker = _Checker(source.decode, RowParser(defaults), encode)
+                rows = AccountRows(store.engine.dialect)
+                checker = _Checker(source.decode, RowParser(defaults), rows)
                 batches = _batches(source.records, checker, batch_size)
             counts = run.into(store, batches, now=now, strict=strict, batch_size=batch_size)
         finally:
@@ -1212,8 +1239,7 @@ def import_rows(
     every minute would otherwise fill the audit log with empty runs; its ``source_runs`` rows
     say it ran). Raises ``StoreError``."""
     run = _Run(Rejects(rejects_path, ACCOUNT_COLUMNS), set())
-    encode = AccountRows(store.engine.dialect).encode
-    checker = _Checker(_decode_mapping, RowParser(defaults), encode)
+    checker = _Checker(_decode_mapping, RowParser(defaults), AccountRows(store.engine.dialect))
     batches = _batches(enumerate(rows, 1), checker, batch_size)
     counts = run.into(store, batches, now=now, strict=False, batch_size=batch_size)
     report = run.report(Path(label), "rows", counts, strict=False)

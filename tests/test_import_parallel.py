@@ -2,9 +2,10 @@
 
 Every scenario runs twice on the same backend (a real SQLite file, and PostgreSQL in this
 session's schema): checked in the importing process (``parse_workers=1``), then by worker
-processes while it writes. The stored rows, the report, the rejects file (byte for byte)
-and the audit event must be the same. Batches are tiny, so rows cross many batches and
-every worker gets several of them.
+processes while it writes (forked, as ``remind accounts import`` starts them, and spawned,
+as a process running other threads does). The stored rows, the report, the rejects file
+(byte for byte) and the audit event must be the same. Batches are tiny, so rows cross many
+batches and every worker gets several of them.
 """
 
 from __future__ import annotations
@@ -128,10 +129,13 @@ def run_both(
     return alone, go(workers)
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize(
+    ("workers", "start"), [(2, "fork"), (3, "fork"), (2, "spawn")], ids=["2", "3", "2-spawn"]
+)
 def test_workers_import_what_the_in_process_import_does(
-    store: Store, tmp_path: Path, workers: int
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, start: str
 ) -> None:
+    monkeypatch.setattr(importer, "_start_method", lambda: start)
     # Given a first file, then a later one with payments, changes, new rows and bad rows
     first = portfolio(300)
     new = [{**r, "account_id": "B" + r["account_id"][1:]} for r in portfolio(60, seed=4)]
