@@ -181,26 +181,29 @@ class _Desc:
 
 @dataclass(frozen=True, slots=True)
 class _LengthPlan:
-    """The patterns of one region that a national number of one length can match: the
-    general one, the special types (in order, and all of them as one alternation), fixed
-    line and mobile. ``None``: no number of that length matches."""
+    """A region's number-type rules for national numbers of one length, as one pattern:
+    the general description as a lookahead, then the special types (in order), fixed line
+    and mobile as alternatives, each a named group (``kinds``: group -> type). Only the
+    descriptions whose possible lengths allow this length are in it; ``None``: no number
+    of this length is valid. ``mobile`` is for a fixed-line match (mobile too?)."""
 
-    general: re.Pattern[str] | None
-    any_special: re.Pattern[str] | None
-    special: tuple[tuple[re.Pattern[str], int], ...]
-    fixed: re.Pattern[str] | None
+    pattern: re.Pattern[str] | None
+    kinds: Mapping[str, int]
     mobile: re.Pattern[str] | None
 
 
 class _RegionTypes:
     """``phonenumbers``' number-type rules for one region, patterns compiled once.
 
-    Mirrors ``phonenumberutil._number_type_helper`` step by step; the library re-looks-up
-    each pattern in ``re``'s cache on every call, which made it most of an import's time.
-    Per national number length, only the descriptions whose possible lengths allow it are
-    tried, and the special types (premium rate, toll free...) are first tried together as
-    one alternation: most numbers are none of them. ``test_import.py`` checks that both
-    agree (type, validity, region and zones) on many numbers.
+    Gives what ``phonenumberutil._number_type_helper`` gives: the general pattern must
+    match, then the first special type (premium rate, toll free...) that matches, else fixed
+    line (or fixed line or mobile, when the mobile pattern matches too or both are the
+    same), else mobile, else unknown. The library re-looks-up each pattern in ``re``'s
+    cache on every call, which made it most of an import's time; here, per national number
+    length, all of them are one compiled alternation (fullmatch takes the first alternative
+    that matches the whole number, as the library's order does), so a mobile number costs
+    one match. ``test_import.py`` checks that both agree (type, validity, region and zones)
+    on many numbers.
     """
 
     def __init__(self, meta: Any) -> None:
@@ -217,36 +220,36 @@ class _RegionTypes:
         plan = self._plans.get(len(national))
         if plan is None:
             plan = self._plans[len(national)] = self._plan(len(national))
-        if plan.general is None or plan.general.fullmatch(national) is None:
+        if plan.pattern is None:
             return _UNKNOWN
-        if plan.any_special is not None and plan.any_special.fullmatch(national) is not None:
-            for pattern, kind in plan.special:
-                if pattern.fullmatch(national) is not None:
-                    return kind
-        if plan.fixed is not None and plan.fixed.fullmatch(national) is not None:
-            if self._same or (plan.mobile is not None and plan.mobile.fullmatch(national)):
-                return _FIXED_OR_MOBILE
-            return _FIXED_LINE
-        if not self._same and plan.mobile is not None and plan.mobile.fullmatch(national):
-            return _MOBILE
-        return _UNKNOWN
+        match = plan.pattern.fullmatch(national)
+        if match is None or match.lastgroup is None:
+            return _UNKNOWN
+        kind = plan.kinds[match.lastgroup]
+        if kind == _FIXED_LINE and plan.mobile is not None and plan.mobile.fullmatch(national):
+            return _FIXED_OR_MOBILE
+        return kind
 
     def _plan(self, length: int) -> _LengthPlan:
-        special = tuple(
+        general = self._general.at(length)
+        if general is None:
+            return _LengthPlan(None, {}, None)
+        alternatives: list[tuple[re.Pattern[str], int]] = [
             (pattern, kind)
             for desc, kind in self._special
             if (pattern := desc.at(length)) is not None
-        )
-        any_special = None
-        if special:  # fullmatch of (?:a)|(?:b) is a fullmatch of a or of b
-            any_special = re.compile("|".join(f"(?:{p.pattern})" for p, _ in special))
-        return _LengthPlan(
-            self._general.at(length),
-            any_special,
-            special,
-            self._fixed.at(length),
-            self._mobile.at(length),
-        )
+        ]
+        fixed, mobile = self._fixed.at(length), self._mobile.at(length)
+        if fixed is not None:
+            alternatives.append((fixed, _FIXED_OR_MOBILE if self._same else _FIXED_LINE))
+        if mobile is not None and not self._same:
+            alternatives.append((mobile, _MOBILE))
+        if not alternatives:
+            return _LengthPlan(None, {}, None)
+        names = {f"t{i}": kind for i, (_, kind) in enumerate(alternatives)}
+        body = "|".join(f"(?P<t{i}>{p.pattern})" for i, (p, _) in enumerate(alternatives))
+        pattern = re.compile(rf"(?=(?:{general.pattern})\Z)(?:{body})")
+        return _LengthPlan(pattern, names, None if self._same else mobile)
 
 
 class Phone(NamedTuple):
@@ -594,10 +597,18 @@ def _zone_list(text: str) -> tuple[tuple[str, ...], str | None]:
 
 
 def _code(text: str, column: str, problems: _Problems) -> str:
-    code = text.upper()
-    if code and not _CODES[column].fullmatch(code):
+    code, valid = _upper_code(text, column)
+    if not valid:
         problems.add(column, f"not a valid {column} code: {text!r}")
     return code
+
+
+@lru_cache(maxsize=1024)
+def _upper_code(text: str, column: str) -> tuple[str, bool]:
+    """``text`` upper-cased, and whether it is empty or a valid ``column`` code (a file
+    has few distinct ones)."""
+    code = text.upper()
+    return code, not code or _CODES[column].fullmatch(code) is not None
 
 
 def _status(text: str, problems: _Problems) -> AccountStatus:
