@@ -540,10 +540,18 @@ def _differs(stored: tuple[Any, ...], row: tuple[Any, ...]) -> bool:
 _STORED_COLUMNS = ", ".join(f'"{name}"' for name in ("account_id", *_IMPORTED))
 
 
+#: PostgreSQL: the ids go as one text parameter split by the server (psycopg dumps a list
+#: element by element in Python) on a character no account id holds (ids are printable).
+_ID_SEPARATOR = "\x1f"
+
+
 def _stored_sql(dialect: str, count: int) -> str:
-    """The driver SQL reading the stored rows of ``count`` account ids."""
+    """The driver SQL reading the stored rows of ``count`` account ids (PostgreSQL: 0 for
+    ids joined by ``_ID_SEPARATOR``, -1 for a list)."""
     select = f'SELECT {_STORED_COLUMNS} FROM "{accounts.name}" WHERE "account_id"'
     if dialect == "postgresql":
+        if count == 0:
+            return f"{select} = ANY(string_to_array(%s, chr({ord(_ID_SEPARATOR)})))"
         return f"{select} = ANY(%s)"  # one array parameter
     return f"{select} IN ({', '.join('?' * count)})"
 
@@ -629,7 +637,11 @@ class AccountImport:
             chunk = ids[start : start + _IN_CHUNK]
             params: tuple[Any, ...]
             if self._dialect == "postgresql":
-                key, params = 0, (chunk,)
+                joined = _ID_SEPARATOR.join(chunk)
+                if joined.count(_ID_SEPARATOR) == len(chunk) - 1 and "" not in chunk:
+                    key, params = 0, (joined,)
+                else:  # an id that the joined form cannot carry
+                    key, params = -1, (chunk,)
             else:
                 key, params = len(chunk), tuple(chunk)
             sql = self._stored_sql.get(key)

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,16 @@ def test_a_worker_encodes_rows_as_the_store_binds_them(
     for account in sample_accounts:
         assert worker.encode(account) == own.encode(account) == stored[account.account_id]
     assert store.upsert_accounts(sample_accounts, now=LATER).unchanged == len(sample_accounts)
+
+
+def test_ids_the_joined_lookup_cannot_carry_are_still_found(
+    store: Store, sample_accounts: list[Account]
+) -> None:
+    # Given accounts whose ids hold the separator the PostgreSQL lookup joins ids with
+    odd = [replace(a, account_id=f"X\x1f{a.account_id}") for a in sample_accounts[:5]]
+    assert store.upsert_accounts(odd + sample_accounts, now=NOW).inserted == len(odd) + len(
+        sample_accounts
+    )
+    # Then a second upsert finds every stored row: nothing changes
+    again = store.upsert_accounts(odd + sample_accounts, now=LATER)
+    assert again.unchanged == len(odd) + len(sample_accounts)
