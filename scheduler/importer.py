@@ -15,6 +15,12 @@ zones, sorted, when it spans several), else the configured default; an empty ``c
 from the phone's region, else the default; ``language`` and ``currency`` from the defaults.
 Row numbers are what a person counts in the file: for CSV the line where the record starts
 (the header is line 1), for JSON Lines the line number.
+
+Rows are checked in batches (``_batches``): in this process, or, for a large file with
+``parse_workers`` > 1, by worker processes that each read the file and check every N-th
+batch while this process writes the batches in file order (``_Workers``). Either way the
+same checks run on the same records and the same rows reach the store in the same order,
+in the same one transaction, with the same rejects.
 """
 
 from __future__ import annotations
