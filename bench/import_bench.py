@@ -12,7 +12,10 @@ Phases, each in its own child process (so each peak RSS is that phase's own):
   streamed through ``COPY bare_accounts FROM STDIN (FORMAT csv, HEADER)`` into the same kind
   of table (dates as ``date``, amounts as ``numeric``) in the benchmark's schema.
 * ``import``: ``scheduler.importer.import_accounts`` into the fresh, empty store (parse,
-  validate, phone zones, upsert, audit event).
+  validate, phone zones, upsert, audit event), with ``--parse-workers N`` worker processes
+  checking rows (default: what ``remind accounts import`` uses, ``[import] parse_workers``
+  = 2; 1 checks them in the importing process). Peak RSS is the importing process's; the
+  workers' is shown apart (the largest one), and the total counts every worker at that.
 * ``reimport``: the same file again; every row must come back ``unchanged``.
 
 The store is new for each run (a SQLite file in a temporary folder, or a PostgreSQL schema
@@ -25,6 +28,7 @@ under cProfile into another new store (stats in ``bench/out/import-<N>-<store>.p
 from __future__ import annotations
 
 import csv
+import resource
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +59,7 @@ from common import (
     sqlite_path,
 )
 
+from scheduler.config import DEFAULT_PARSE_WORKERS
 from scheduler.importer import ACCOUNT_COLUMNS, import_accounts
 
 SCRIPT = Path(__file__).resolve()
@@ -70,13 +75,21 @@ def phase_import(params: dict[str, Any]) -> dict[str, Any]:
     ref = StoreRef.from_params(params["store"])
     path = Path(params["csv"])
     now = datetime.fromisoformat(params["now"])
+    workers = int(params["parse_workers"])
     rss_start = current_rss_mib()
     store = ref.open()
+    cpu_start = _cpu_seconds()
     try:
         with profiled(params.get("profile")), Timer() as timer:
-            report = import_accounts(store, path, defaults=DEFAULTS, now=now)
+            report = import_accounts(store, path, defaults=DEFAULTS, now=now, parse_workers=workers)
     finally:
         store.close()
+    cpu_main, cpu_workers = (
+        end - start for end, start in zip(_cpu_seconds(), cpu_start, strict=True)
+    )
+    worker_rss = (
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0
+    )
     return {
         "wall_s": timer.seconds,
         "rows": report.rows_read,
@@ -87,7 +100,20 @@ def phase_import(params: dict[str, Any]) -> dict[str, Any]:
         "committed": report.committed,
         "rss_start_mib": round(rss_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "worker_peak_rss_mib": round(worker_rss, 1),
+        "total_peak_rss_mib": round(
+            peak_rss_mib() + (workers if workers > 1 else 0) * worker_rss, 1
+        ),
+        "cpu_main_s": round(cpu_main, 2),
+        "cpu_workers_s": round(cpu_workers, 2),
     }
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its ended children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +185,11 @@ PHASES = {"import": phase_import, "reimport": phase_import, "baseline": phase_ba
 
 def main() -> None:
     parser = base_arguments(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parse-workers", type=int, default=DEFAULT_PARSE_WORKERS, metavar="N",
+        help="import with N parse worker processes (1: checked in-process; default "
+        f"{DEFAULT_PARSE_WORKERS}, as remind accounts import)",
+    )  # fmt: skip
     args = parser.parse_args()
     csv_path = portfolio_csv(args.accounts, seed=args.seed, today=args.today)
     _warm(csv_path)
@@ -197,6 +228,17 @@ def main() -> None:
         "re-import (same file)", again["wall_s"], rows=again["rows"],
         peak_rss_mib=again["peak_rss_mib"], note=_counts(again),
     )  # fmt: skip
+    report.facts["parse workers"] = (
+        f"{args.parse_workers}" if args.parse_workers > 1 else "1 (rows checked in-process)"
+    )
+    for name, result in (("import", first), ("re-import", again)):
+        report.facts[f"{name}: CPU s (importing process / workers)"] = (
+            f"{result['cpu_main_s']:.1f} / {result['cpu_workers_s']:.1f}"
+        )
+        report.facts[f"{name}: peak RSS MiB (importing / largest worker / total)"] = (
+            f"{result['peak_rss_mib']:.0f} / {result['worker_peak_rss_mib']:.0f} / "
+            f"{result['total_peak_rss_mib']:.0f}"
+        )
     report.ratios["import / baseline"] = first["wall_s"] / base["wall_s"]
     report.ratios["re-import / baseline"] = again["wall_s"] / base["wall_s"]
     report.facts["interpreter RSS before work (MiB)"] = first["rss_start_mib"]
@@ -224,6 +266,7 @@ def _params(args: Any, ref: StoreRef, csv_path: Path, now: datetime) -> dict[str
         "now": now.isoformat(),
         "backend": args.store,
         "baseline_url": _baseline_url(ref),
+        "parse_workers": args.parse_workers,
     }
 
 

@@ -148,6 +148,7 @@ def accounts_import(
             report = import_accounts(
                 store, file, defaults=Defaults.from_settings(settings),
                 now=datetime.now(UTC), fmt=fmt, strict=strict,
+                parse_workers=settings.import_parse_workers,
             )  # fmt: skip
     except ImportFileError as exc:
         err_console.print(f"[bold red]import error:[/] {escape(str(exc))}")

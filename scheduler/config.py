@@ -36,12 +36,16 @@ __all__ = [
 
 DEFAULT_LOCATIONS: tuple[Path, ...] = (Path("config.toml"), Path("/etc/remind/config.toml"))
 DEFAULT_AUDIT_RETENTION_DAYS = 730
+#: ``[import] parse_workers``: processes that check rows while ``remind accounts import``
+#: writes them (1: the importing process checks them itself).
+DEFAULT_PARSE_WORKERS = 2
 
 _SCHEMA: dict[str, dict[str, type]] = {
     "store": {"url": str, "audit_retention_days": int},
     "ops": {"timezone": str, "lender_name": str},
     "borrower_defaults": {"timezone": str, "country": str, "language": str, "currency": str},
     "policy": {"dir": str},
+    "import": {"parse_workers": int},
     "daemon": {
         "plan_every_seconds": int,
         "plan_days": int,
@@ -152,6 +156,9 @@ class Settings:
     audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
     sources: tuple[SourceSettings, ...] = ()
+    #: ``[import] parse_workers``: worker processes that read and check the rows of
+    #: ``remind accounts import`` while it writes them; 1 checks them in-process.
+    import_parse_workers: int = DEFAULT_PARSE_WORKERS
 
 
 def find_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
@@ -204,8 +211,16 @@ def load_settings(explicit: Path | None = None, env: Mapping[str, str] | None = 
         channels=_channels(path, data.get("channels", {})),
         audit_retention_days=_retention(path, data.get("store", {})),
         sources=_sources(path, data.get("sources", []), get("ops", "timezone", "UTC")),
+        import_parse_workers=_parse_workers(path, data.get("import", {})),
     )
     return settings
+
+
+def _parse_workers(path: Path, table: Mapping[str, Any]) -> int:
+    workers = table.get("parse_workers", DEFAULT_PARSE_WORKERS)
+    if isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"{path}: import.parse_workers must be a whole number from 1 to 64")
+    return int(workers)
 
 
 def _retention(path: Path, table: Mapping[str, Any]) -> int:

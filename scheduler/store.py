@@ -13,12 +13,14 @@ first line, never the SQL parameters) in ``db_errors``; an out-of-date schema ra
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections import defaultdict
 from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from scheduler.tables import (
 
 __all__ = [
     "AccountImport",
+    "AccountRows",
     "Store",
     "UpsertCounts",
     "alembic_config",
@@ -297,27 +300,6 @@ def _account(row: Sequence[Any], extra_flags: frozenset[Flag] | None) -> Account
     )
 
 
-def _account_params(account: Account) -> dict[str, Any]:
-    return {
-        "account_id": account.account_id,
-        "name": account.name,
-        "phone": account.phone,
-        "email": account.email,
-        "timezones": " ".join(account.timezones),
-        "country": account.country,
-        "language": account.language,
-        "product": account.product,
-        "due_date": account.due_date,
-        "amount_due": account.amount_due,
-        "amount_paid": account.amount_paid,
-        "currency": account.currency,
-        "status": account.status.value,
-        "flags": ";".join(sorted(account.flags)),
-        "emergency_contacts": ";".join(account.emergency_contacts),
-        "phone_valid": account.phone_valid,
-    }
-
-
 def _past_contact(row: sa.Row[Any]) -> PastContact:
     if row.outcome is not None:
         outcome = Outcome(row.outcome)
@@ -391,28 +373,128 @@ def _upsert_statement(dialect: str, staging: str | None = None) -> sa.Insert:
     )
 
 
-_STAMPS = frozenset({"created_at", "updated_at"})
+#: The account upsert's row: every column of ``accounts``, in table order (the two
+#: timestamps last). ``AccountRows.encode`` makes the row without the timestamps.
+_ROW = tuple(c.name for c in accounts.columns)
+_STAMPS = ("created_at", "updated_at")
+_KEYED = _ROW[: -len(_STAMPS)]
+#: The imported columns of an encoded row (``_IMPORTED`` order), and where its status is.
+_imported_of = operator.itemgetter(*(_KEYED.index(name) for name in _IMPORTED))
+_STATUS_AT = _IMPORTED.index("status")
+#: Columns with few distinct values in a file (due dates, a flag): their bind processors,
+#: pure functions of the value, are memoised.
+_FEW_VALUES = frozenset({"due_date", "phone_valid"})
+
+
+class AccountRows:
+    """``Account`` -> one row of the account upsert, as the driver of one SQL dialect takes
+    it: ``account_id`` and the other columns in table order, without the two timestamps,
+    each value passed through its column type's bind processor, exactly as a Core insert of
+    the same account would bind it. Rows are plain tuples (cheap to pickle: a parse worker
+    process of the importer makes them, ``AccountImport.add_rows`` writes them).
+
+    ``for_driver`` builds one from a SQLAlchemy driver name alone (``sqlite``,
+    ``postgresql+psycopg``: ``store.engine.url.drivername``) with no connection, so another
+    process makes the same rows as ``AccountImport`` would."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        processors = [
+            accounts.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _KEYED
+        ]
+        self._process = tuple(
+            (i, lru_cache(maxsize=4096)(p) if _KEYED[i] in _FEW_VALUES else p)
+            for i, p in enumerate(processors)
+            if p is not None
+        )
+
+    @classmethod
+    def for_driver(cls, drivername: str) -> AccountRows:
+        dialect: sa.Dialect = sa.engine.URL.create(drivername).get_dialect()()
+        return cls(dialect)
+
+    def encode(self, account: Account) -> tuple[Any, ...]:
+        """The row of ``account``. Raises ``ValueError`` for an amount with more than four
+        decimal places (``ScaledDecimal``; the importer rejects such rows first)."""
+        return self.row(
+            account_id=account.account_id,
+            due_date=account.due_date,
+            amount_due=account.amount_due,
+            amount_paid=account.amount_paid,
+            timezones=account.timezones,
+            country=account.country,
+            name=account.name,
+            phone=account.phone,
+            email=account.email,
+            language=account.language,
+            product=account.product,
+            currency=account.currency,
+            status=account.status,
+            flags=account.flags,
+            emergency_contacts=account.emergency_contacts,
+            phone_valid=account.phone_valid,
+        )
+
+    def row(
+        self,
+        *,
+        account_id: str,
+        due_date: date,
+        amount_due: Decimal,
+        amount_paid: Decimal,
+        timezones: tuple[str, ...],
+        country: str,
+        name: str | None,
+        phone: str | None,
+        email: str | None,
+        language: str,
+        product: str,
+        currency: str,
+        status: AccountStatus,
+        flags: frozenset[Flag],
+        emergency_contacts: tuple[str, ...],
+        phone_valid: bool = True,
+    ) -> tuple[Any, ...]:
+        """``encode(Account(**fields))`` without making the ``Account``: the importer's
+        parse workers call this with what ``Account`` would be made of (its keywords; a
+        frozen dataclass costs more to build than the whole row)."""
+        values = [
+            account_id,
+            name,
+            phone,
+            email,
+            " ".join(timezones),
+            country,
+            language,
+            product,
+            due_date,
+            amount_due,
+            amount_paid,
+            currency,
+            status.value,
+            ";".join(sorted(flags)),
+            ";".join(emergency_contacts),
+            phone_valid,
+        ]
+        for i, process in self._process:
+            values[i] = process(values[i])
+        return tuple(values)
 
 
 class _BulkUpsert:
-    """The account upsert as driver SQL and per-column bind processors, made once per
-    import: SQLAlchemy's per-row parameter handling cost as much as SQLite's own work.
-    Values are converted exactly as Core would (same types, same processors); the two
-    timestamps, the same for every row, are converted once per batch."""
+    """The account upsert as driver SQL, made once per import: SQLAlchemy's per-row
+    parameter handling cost as much as SQLite's own work. Rows come already encoded
+    (``AccountRows``); the two timestamps, the same for every row, are converted once per
+    batch."""
 
     def __init__(self, conn: Connection) -> None:
         dialect = conn.dialect
         compiled = _upsert_statement(dialect.name).compile(dialect=dialect)
-        processors = {
-            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in accounts.columns
-        }
-        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(processors)
-        if set(names) != set(processors):
+        names = tuple(compiled.positiontup or ()) if compiled.positional else _ROW
+        if set(names) != set(_ROW) or (compiled.positional and names != _ROW):
             raise StoreError("internal: the account upsert binds unexpected parameters")
         self._sql = compiled.string
         self._positional = compiled.positional
-        self._plan = tuple((name, processors[name], name in _STAMPS) for name in names)
-        self._stamp = processors["updated_at"]
+        self._stamp = accounts.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
         # PostgreSQL: rows go in with COPY to a staging table, then one INSERT .. SELECT
         # (an executemany runs one statement per row: 117 s for 1M accounts)
         self._from_staging: str | None = None
@@ -422,64 +504,68 @@ class _BulkUpsert:
                 _upsert_statement(dialect.name, staging).compile(dialect=dialect).string
             )
 
-    def execute(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
-        """Upsert ``rows`` (``_account_params`` dicts), created/updated at ``now``, with one
-        executemany. Raises ``StoreError`` for an amount with more than 4 decimal places."""
+    def execute(self, conn: Connection, rows: list[tuple[Any, ...]], now: datetime) -> None:
+        """Upsert ``rows`` (``AccountRows.encode`` tuples), created/updated at ``now``."""
         stamp = now if self._stamp is None else self._stamp(now)
-        try:
-            converted = [self._convert(row, stamp) for row in rows]
-        except ValueError as exc:  # ScaledDecimal: more than four decimal places
-            raise StoreError(f"cannot import accounts: {exc}") from exc
-        if self._from_staging is None:
-            conn.exec_driver_sql(self._sql, converted)
-            return
-        staging = staging_table(conn, accounts)
-        names = [name for name, _, _ in self._plan]
-        copy_values(conn, staging, names, (_values(row, names) for row in converted))
-        conn.exec_driver_sql(self._from_staging)
-
-    def _convert(self, row: dict[str, Any], stamp: Any) -> tuple[Any, ...] | dict[str, Any]:
-        values = [
-            stamp if is_stamp else row[name] if process is None else process(row[name])
-            for name, process, is_stamp in self._plan
-        ]
-        if self._positional:
-            return tuple(values)
-        return dict(zip((name for name, _, _ in self._plan), values, strict=True))
+        stamps = (stamp, stamp)
+        if self._from_staging is not None:
+            staging = staging_table(conn, accounts)
+            copy_values(conn, staging, _ROW, (row + stamps for row in rows))
+            conn.exec_driver_sql(self._from_staging)
+        elif self._positional:
+            conn.exec_driver_sql(self._sql, [row + stamps for row in rows])
+        else:  # pragma: no cover - both supported dialects bind positionally or COPY
+            conn.exec_driver_sql(
+                self._sql, [dict(zip(_ROW, row + stamps, strict=True)) for row in rows]
+            )
 
 
-def _values(row: tuple[Any, ...] | dict[str, Any], names: list[str]) -> Sequence[Any]:
-    return row if isinstance(row, tuple) else [row[n] for n in names]
+def _differs(stored: tuple[Any, ...], row: tuple[Any, ...]) -> bool:
+    """Whether an import of the encoded ``row`` would change the ``stored`` one (raw values
+    of ``account_id`` then ``_IMPORTED``, as the driver returns them): the Python twin of
+    the upsert's WHERE, which compares the same stored and bound values."""
+    new = _imported_of(row)
+    old = stored[1:]
+    if new == old:
+        return False
+    status = _effective_status(old[_STATUS_AT], new[_STATUS_AT])
+    if status == new[_STATUS_AT]:
+        return True
+    return (*new[:_STATUS_AT], status, *new[_STATUS_AT + 1 :]) != old
 
 
-_STATUS_AT = _IMPORTED.index("status")
+#: The stored side of ``_differs`` (``account_id`` then ``_IMPORTED``), read with driver
+#: SQL: raw values as the driver returns them, so they compare with the encoded rows as the
+#: database compares them, and no SQLAlchemy expansion of thousands of ids per batch.
+_STORED_COLUMNS = ", ".join(f'"{name}"' for name in ("account_id", *_IMPORTED))
 
 
-def _differs(stored: sa.Row[Any], params: Mapping[str, Any]) -> bool:
-    """Whether an import of ``params`` would change the ``stored`` row (``account_id``
-    then ``_IMPORTED``): the Python twin of the upsert's WHERE."""
-    new = [params[name] for name in _IMPORTED]
-    new[_STATUS_AT] = _effective_status(stored[_STATUS_AT + 1], new[_STATUS_AT])
-    return tuple(new) != tuple(stored)[1:]
+#: PostgreSQL: the ids go as one text parameter split by the server (psycopg dumps a list
+#: element by element in Python) on a character no account id holds (ids are printable).
+_ID_SEPARATOR = "\x1f"
 
 
-def _ids_in(column: sa.ColumnElement[str], ids: list[str], dialect: str) -> sa.ColumnElement[bool]:
-    """``column IN ids``; on PostgreSQL one array parameter (``= ANY``), which plans far
-    faster than thousands of parameters."""
+def _stored_sql(dialect: str, count: int) -> str:
+    """The driver SQL reading the stored rows of ``count`` account ids (PostgreSQL: 0 for
+    ids joined by ``_ID_SEPARATOR``, -1 for a list)."""
+    select = f'SELECT {_STORED_COLUMNS} FROM "{accounts.name}" WHERE "account_id"'
     if dialect == "postgresql":
-        return column == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String())))
-    return column.in_(ids)
+        if count == 0:
+            return f"{select} = ANY(string_to_array(%s, chr({ord(_ID_SEPARATOR)})))"
+        return f"{select} = ANY(%s)"  # one array parameter
+    return f"{select} IN ({', '.join('?' * count)})"
 
 
 class AccountImport:
     """Upserts accounts inside one open transaction (see ``Store.importing``).
 
-    ``add`` may be called any number of times; rows are applied in order, exactly as if each
-    were upserted alone (an id seen twice is inserted, then updated). Per batch, the stored
-    rows are read first: new and changed rows are written, identical ones are not touched.
-    The counts are exact unless another connection writes the same accounts meanwhile.
-    Nothing is visible to other connections until the ``Store.importing`` block ends
-    without ``rollback()``.
+    ``add`` (``Account`` values) and ``add_rows`` (the same, already encoded by
+    ``AccountRows``) may be called any number of times; rows are applied in order, exactly
+    as if each were upserted alone (an id seen twice is inserted, then updated). Per batch,
+    the stored rows are read first: new and changed rows are written, identical ones are
+    not touched. The counts are exact unless another connection writes the same accounts
+    meanwhile. Nothing is visible to other connections until the ``Store.importing`` block
+    ends without ``rollback()``.
     """
 
     def __init__(self, conn: Connection, now: datetime, batch_size: int) -> None:
@@ -488,6 +574,8 @@ class AccountImport:
         self._batch_size = batch_size
         self._dialect = conn.dialect.name
         self._upsert = _BulkUpsert(conn)
+        self._encoder = AccountRows(conn.dialect)
+        self._stored_sql: dict[int, str] = {}
         self._counts = UpsertCounts()
         self.rolled_back = False
 
@@ -500,15 +588,24 @@ class AccountImport:
         """Upsert ``batch``; return what it did (also added to ``counts``). Raises
         ``StoreError`` (the ``importing`` block then rolls everything back), e.g. for an
         amount with more than four decimal places."""
+        encode = self._encoder.encode
+        try:
+            rows = [encode(account) for account in batch]
+        except ValueError as exc:  # ScaledDecimal: more than four decimal places
+            raise StoreError(f"cannot import accounts: {exc}") from exc
+        return self.add_rows(rows)
+
+    def add_rows(self, rows: Iterable[tuple[Any, ...]]) -> UpsertCounts:
+        """``add`` for rows already encoded by ``AccountRows`` (for this store's driver)."""
         if self.rolled_back:
             raise StoreError("this import was rolled back; start a new one")
         done = UpsertCounts()
-        pending: dict[str, dict[str, Any]] = {}
-        for account in batch:
-            if account.account_id in pending or len(pending) >= self._batch_size:
+        pending: dict[str, tuple[Any, ...]] = {}
+        for row in rows:
+            if row[0] in pending or len(pending) >= self._batch_size:
                 done += self._flush(pending)
                 pending = {}
-            pending[account.account_id] = _account_params(account)
+            pending[row[0]] = row
         if pending:
             done += self._flush(pending)
         self._counts += done
@@ -518,12 +615,12 @@ class AccountImport:
         """Undo every ``add`` of this import; the ``importing`` block then ends quietly."""
         self.rolled_back = True
 
-    def _flush(self, pending: dict[str, dict[str, Any]]) -> UpsertCounts:
+    def _flush(self, pending: dict[str, tuple[Any, ...]]) -> UpsertCounts:
         with db_errors("cannot import accounts"):
             stored = self._stored(list(pending))
-            inserted = [p for key, p in pending.items() if key not in stored]
+            inserted = [row for key, row in pending.items() if key not in stored]
             updated = [
-                p for key, p in pending.items() if key in stored and _differs(stored[key], p)
+                row for key, row in pending.items() if key in stored and _differs(stored[key], row)
             ]
             if inserted or updated:
                 self._upsert.execute(self._conn, inserted + updated, self._now)
@@ -533,10 +630,42 @@ class AccountImport:
             unchanged=len(pending) - len(inserted) - len(updated),
         )
 
-    def _stored(self, ids: list[str]) -> dict[str, sa.Row[Any]]:
-        columns = [accounts.c.account_id, *(accounts.c[name] for name in _IMPORTED)]
-        where = _ids_in(accounts.c.account_id, ids, self._dialect)
-        return {row.account_id: row for row in self._conn.execute(sa.select(*columns).where(where))}
+    def _stored(self, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        """The stored rows of ``ids`` (as ``_differs`` takes them), by account_id."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            params: tuple[Any, ...]
+            if self._dialect == "postgresql":
+                joined = _ID_SEPARATOR.join(chunk)
+                if joined.count(_ID_SEPARATOR) == len(chunk) - 1 and "" not in chunk:
+                    key, params = 0, (joined,)
+                else:  # an id that the joined form cannot carry
+                    key, params = -1, (chunk,)
+            else:
+                key, params = len(chunk), tuple(chunk)
+            sql = self._stored_sql.get(key)
+            if sql is None:
+                sql = self._stored_sql[key] = _stored_sql(self._dialect, key)
+            for row in self._fetch(sql, params):
+                found[row[0]] = row
+        return found
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` as the driver's own tuples, on this import's connection (no
+        ``Row`` per row); driver errors become ``StoreError``."""
+        raw = self._conn.connection.dbapi_connection
+        if raw is None:  # pragma: no cover - a checked-out connection always has one
+            raise StoreError("cannot import accounts: the connection is closed")
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        except self._conn.dialect.loaded_dbapi.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise StoreError(f"cannot import accounts: {first}") from exc
+        finally:
+            cursor.close()
 
 
 # --- the store ----------------------------------------------------------------------------

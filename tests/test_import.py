@@ -14,10 +14,11 @@ import phonenumbers
 import pytest
 import sqlalchemy as sa
 import typer
+from phonenumbers import timezone as phone_zones
 from typer.testing import CliRunner, Result
 
 from scheduler.cli_data import accounts_app, db_app, sample_portfolio
-from scheduler.importer import ACCOUNT_COLUMNS, Defaults, PhoneBook, RowParser
+from scheduler.importer import ACCOUNT_COLUMNS, Defaults, PhoneBook, RowParser, known_zones
 from scheduler.models import Account, AccountStatus, Flag
 from scheduler.store import Store, head_revision
 from scheduler.tables import audit_log
@@ -417,3 +418,50 @@ def test_phone_book_agrees_with_phonenumbers() -> None:
         assert mine.kind == phonenumbers.number_type(number)
         assert mine.region == phonenumbers.region_code_for_number(number)
         assert mine.e164 == phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        assert book.zones(mine) == zones_as_the_library_says(number)
+
+
+def zones_as_the_library_says(number: phonenumbers.PhoneNumber) -> tuple[str, ...]:
+    found = phone_zones.time_zones_for_number(number)
+    return tuple(sorted(z for z in found if z != "Etc/Unknown" and z in known_zones()))
+
+
+def test_phone_book_agrees_with_phonenumbers_in_every_country() -> None:
+    # Given numbers for every country calling code: half random digits, half the
+    # library's example numbers (of every type) with their tails changed, so many are valid
+    rng = random.Random(5)
+    codes = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    texts = []
+    for _ in range(6000):
+        code = rng.choice(codes)
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 13)))
+        region = rng.choice(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[code])
+        example = None
+        if region != "001" and rng.random() < 0.5:
+            example = phonenumbers.example_number_for_type(region, rng.randrange(11))
+        if example is not None and example.country_code == code:
+            national = str(example.national_number)
+            keep = rng.randint(len(national) // 2, len(national))
+            tail = "".join(rng.choice("0123456789") for _ in range(len(national) - keep))
+            digits = national[:keep] + tail
+        texts.append(f"+{code}{digits}")
+    book = PhoneBook()
+    valid = 0
+    for text in texts:
+        # When both read it; then they agree on validity, type, region, E.164 and zones
+        try:
+            number = phonenumbers.parse(text, None)
+        except phonenumbers.NumberParseException:
+            assert book.parse(text) is None, text
+            continue
+        mine = book.parse(text)
+        if not phonenumbers.is_valid_number(number):
+            assert mine is None, text
+            continue
+        valid += 1
+        assert mine is not None, text
+        assert (mine.number, mine.kind, mine.region) == (
+            number, phonenumbers.number_type(number), phonenumbers.region_code_for_number(number)
+        ), text  # fmt: skip
+        assert book.zones(mine) == zones_as_the_library_says(number), text
+    assert valid > 1000
