@@ -17,12 +17,14 @@ over the next 30 days), then seeded history, bulk-inserted with SQLAlchemy Core:
 Then, each in a fresh child process (its own peak RSS):
 
 * ``baseline``: raw ``sqlite3`` / ``psycopg``: one UNION ALL query returning the accounts
-  ``load_for_plan`` asks the store for (active, ``amount_paid < amount_due``, and the due
-  dates it asks for: the query's filter is built from the arguments ``load_for_plan`` passes,
-  recorded by running it against a stand-in store), the case-work flags in force, the
-  contacts performed since the same ``since``, and pending promises; ``fetchall()`` into
-  tuples. No ORDER BY, no value mapping. The run fails if the baseline's counts differ from
-  what remind loaded.
+  ``load_for_plan`` asks the store for (active, ``amount_paid < amount_due``, and either one
+  of the due dates it asks for or, when a broken-promise rule is enabled, a promise in the
+  history: the filter is built from the arguments ``load_for_plan`` passes, recorded by
+  running it against a stand-in store), the case-work flags in force, the contacts
+  performed since the same ``since``, the promises history reads (pending, and broken ones
+  of the month before ``since``) and the emergency contacts removed for good;
+  ``fetchall()`` into tuples. No ORDER BY, no value mapping. The run fails if the
+  baseline's counts differ from what remind loaded.
 * ``remind``: (setup) load the shipped policies and open the store; (a) ``load_for_plan``;
   (b) ``scheduler.planner.plan``; total = setup + a + b, as ``remind dry-run`` does; then,
   timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
@@ -79,6 +81,7 @@ from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan
 from scheduler.planning import load_for_plan
 from scheduler.report import summarise, write_jsonl
+from scheduler.store import _BROKEN_PROMISE_DAYS
 from scheduler.tables import accounts, contacts, promises
 
 SCRIPT = Path(__file__).resolve()
@@ -227,6 +230,7 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         "history_accounts": len(history),
         "history_contacts": sum(len(h.contacts) for h in history.values()),
         "history_promises": sum(len(h.promises) for h in history.values()),
+        "history_removed": sum(len(h.removed_contacts) for h in history.values()),
         "planned": len(result.planned),
         "suppressed": len(result.suppressed),
         "handover": len(result.handover),
@@ -245,15 +249,19 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
 # One row layout for every branch: kind, account_id, then typed slots (NULL where unused).
 # accounts: d=due_date m1=amount_due m2=amount_paid t1..t11 b=phone_valid
 # flags:    t1=flag;  contacts: d=due_date t1..t5=channel,rule,outcome,status,target ts;
-# promises: d=promised_date m1=amount.
+# promises: d=promised_date m1=amount m2=paid_before t1=status;  removed: t1=target.
 _NULLS = {n: ", ".join(["NULL"] * n) for n in range(1, 12)}
-BASELINE_SQL = f"""
-SELECT 'a', account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
-       email, language, product, currency, status, flags, emergency_contacts, phone_valid,
+#: The promises ``Store.history`` reads: pending, and broken ones recent enough for a
+#: broken-promise follow-up (``:recent`` = ``since``'s date less ``_BROKEN_PROMISE_DAYS``).
+PROMISE_MATCH = "status = 'pending' OR (status = 'broken' AND promised_date >= :recent)"
+_ACCOUNT_BRANCH = """
+SELECT 'a', a.account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
+       email, language, product, currency, a.status, flags, emergency_contacts, phone_valid,
        CAST(NULL AS TIMESTAMP WITH TIME ZONE)
-  FROM accounts
- WHERE status = 'active' AND amount_paid < amount_due AND ({{due_match}})
-UNION ALL
+  FROM {source}
+ WHERE a.status = 'active' AND amount_paid < amount_due AND ({match})
+UNION ALL"""
+BASELINE_SQL = f"""{{account_branches}}
 SELECT 'f', account_id, NULL, NULL, NULL, flag, {_NULLS[10]}, NULL, NULL
   FROM account_flags WHERE since <= :now AND (until IS NULL OR until > :now)
 UNION ALL
@@ -262,8 +270,12 @@ SELECT 'c', account_id, due_date, NULL, NULL, channel, rule, outcome, status, ta
   FROM contacts
  WHERE performed_at >= :since AND (status IN ('sent', 'failed') OR outcome IS NOT NULL)
 UNION ALL
-SELECT 'p', account_id, promised_date, amount, NULL, {_NULLS[11]}, NULL, NULL
-  FROM promises WHERE status = 'pending'
+SELECT 'p', account_id, promised_date, amount, paid_before, status, {_NULLS[10]}, NULL, NULL
+  FROM promises WHERE {PROMISE_MATCH}
+UNION ALL
+SELECT 'r', account_id, NULL, NULL, NULL, target, {_NULLS[10]}, NULL, NULL
+  FROM (SELECT DISTINCT account_id, target FROM outcomes
+         WHERE result IN ('third_party_objected', 'wrong_number') AND target <> 'borrower') r
 """
 
 
@@ -289,21 +301,30 @@ def baseline_selection(now: datetime) -> tuple[str, dict[str, Any]]:
     recorder = _RecordingStore()
     load_for_plan(recorder, load_policies(POLICY_DIR), tomorrow(now), now, None)  # type: ignore[arg-type]
     _, history_kwargs = recorder.asked["history"]
-    params: dict[str, Any] = {"since": history_kwargs["since"], "now": now}
-    if "accounts_due_on" in recorder.asked:
-        (dates,), kwargs = recorder.asked["accounts_due_on"]
-        names = [f"d{i}" for i in range(len(dates))]
-        params.update(zip(names, sorted(dates), strict=True))
-        match = f"due_date IN ({', '.join(':' + n for n in names)})"
-        if kwargs.get("due_until") is not None:
-            match += " OR due_date <= :until"
-            params["until"] = kwargs["due_until"]
-    else:  # the window form: Store.candidate_accounts(first_day, last_day, ...)
-        (first_day, last_day), kwargs = recorder.asked["candidate_accounts"]
-        match = "due_date BETWEEN :low AND :high"
-        params["low"] = first_day - timedelta(days=kwargs["max_dpd"] + 1)
-        params["high"] = last_day + timedelta(days=kwargs["days_before_due"] + 1)
-    return BASELINE_SQL.format(due_match=match), params
+    since = history_kwargs["since"]
+    params: dict[str, Any] = {
+        "since": since, "now": now, "recent": since.date() - timedelta(days=_BROKEN_PROMISE_DAYS)
+    }  # fmt: skip
+    (dates,), kwargs = recorder.asked["accounts_due_on"]
+    names = [f"d{i}" for i in range(len(dates))]
+    params.update(zip(names, sorted(dates), strict=True))
+    match = f"due_date IN ({', '.join(':' + n for n in names)})"
+    if kwargs.get("due_until") is not None:
+        match += " OR due_date <= :until"
+        params["until"] = kwargs["due_until"]
+    branches = _ACCOUNT_BRANCH.format(source="accounts a", match=match)
+    if "accounts_by_id" in recorder.asked:
+        # the broken-promise follow-ups: the active, unpaid accounts with a promise in the
+        # history that the due dates did not bring in; a second branch driven from the
+        # (few) promises, as one OR'ed filter would probe them for every active account
+        source = (
+            f"(SELECT DISTINCT account_id FROM promises WHERE {PROMISE_MATCH}) p "
+            "CROSS JOIN accounts a"
+        )
+        branches += _ACCOUNT_BRANCH.format(
+            source=source, match=f"a.account_id = p.account_id AND NOT ({match})"
+        )
+    return BASELINE_SQL.format(account_branches=branches), params
 
 
 def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +344,7 @@ def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
         "flags": kinds["f"],
         "contacts": kinds["c"],
         "promises": kinds["p"],
+        "removed": kinds["r"],
         "rss_start_mib": round(rss_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
@@ -425,7 +447,7 @@ def _report(
         "baseline: one SQL query", base["wall_s"], rows=base["rows"],
         peak_rss_mib=base["peak_rss_mib"],
         note=f"{base['accounts']:,} accounts + {base['contacts']:,} contacts + "
-        f"{base['promises']:,} promises + {base['flags']:,} flags",
+        f"{base['promises']:,} promises + {base['flags']:,} flags + {base['removed']:,} removed",
     )  # fmt: skip
     report.add("setup: policies, open store", dry["setup_s"])
     report.add(
@@ -482,6 +504,7 @@ def _check(base: dict[str, Any], dry: dict[str, Any]) -> list[str]:
         ("accounts", base["accounts"], dry["accounts_considered"]),
         ("contacts", base["contacts"], dry["history_contacts"]),
         ("promises", base["promises"], dry["history_promises"]),
+        ("removed emergency contacts", base["removed"], dry["history_removed"]),
     )
     return [
         f"baseline selected {b:,} {what}, remind loaded {r:,}" for what, b, r in pairs if b != r
