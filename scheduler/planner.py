@@ -15,7 +15,8 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import cast
@@ -54,6 +55,7 @@ __all__ = [
     "FIRST_CONTACT_SEARCH_DAYS",
     "first_contact_catch_up",
     "follow_up_rules",
+    "merge_plans",
     "plan",
     "plan_account",
     "rules_on",
@@ -118,10 +120,32 @@ def plan(
         suppressed.extend(result.suppressed)
         handover.extend(result.handover)
         decisions.update(result.decisions)
-    # timestamps, not the zone-aware datetimes: comparing those across zones is slow
-    planned.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
-    suppressed.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
+    planned.sort(key=_order)
+    suppressed.sort(key=_order)
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
+
+
+def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]:
+    """The order of a plan's contacts. Timestamps, not the zone-aware datetimes: comparing
+    those across zones is slow."""
+    return (c.window_start.timestamp(), c.account_id, c.rule, c.target)
+
+
+def merge_plans(parts: Sequence[Plan]) -> Plan:
+    """One plan from the plans of disjoint sets of accounts: exactly what ``plan`` over
+    all of them gives. Each part is sorted already, and equal keys belong to one account
+    (the key holds the account id), so a merge keeps ``plan``'s order, ties included."""
+    if len(parts) == 1:
+        return parts[0]
+    decisions: dict[str, tuple[Decision, ...]] = {}
+    for part in parts:
+        decisions.update(part.decisions)
+    return Plan(
+        tuple(heapq.merge(*(p.planned for p in parts), key=_order)),
+        tuple(heapq.merge(*(p.suppressed for p in parts), key=_order)),
+        tuple(sorted(key for p in parts for key in p.handover)),
+        decisions,
+    )
 
 
 def plan_account(
