@@ -19,6 +19,7 @@ import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import cast
 from zoneinfo import ZoneInfo
 
@@ -108,18 +109,17 @@ def plan(
     handover: list[str] = []
     decisions: dict[str, tuple[Decision, ...]] = {}
     for account in accounts:
-        result = plan_account(
-            now,
-            account,
-            history.get(account.account_id, _NO_HISTORY),
-            policies,
-            horizon,
-            explain=explain,
+        days = _plan_days(
+            now, account, history.get(account.account_id, _NO_HISTORY), policies, horizon, explain
         )
-        planned.extend(result.planned)
-        suppressed.extend(result.suppressed)
-        handover.extend(result.handover)
-        decisions.update(result.decisions)
+        if days is None:
+            continue
+        planned += days.planned
+        suppressed += days.suppressed
+        if days.handover:
+            handover.append(account.account_id)
+        if explain:
+            decisions[account.account_id] = tuple(days.decisions)
     planned.sort(key=_order)
     suppressed.sort(key=_order)
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
@@ -158,13 +158,26 @@ def plan_account(
     explain: bool = False,
 ) -> Plan:
     """Plan one account over ``horizon``; see ``plan``."""
+    days = _plan_days(now, account, history, policies, horizon, explain)
+    return _EMPTY if days is None else days.result()
+
+
+def _plan_days(
+    now: datetime,
+    account: Account,
+    history: AccountHistory,
+    policies: PolicySet,
+    horizon: Horizon,
+    explain: bool,
+) -> _AccountDays | None:
+    """The account's days planned (``None``: nothing concerns it in ``horizon``)."""
     policy = policies.for_product(account.product)
     if not explain and not _anything_due(policies, policy, account, history, horizon):
-        return _EMPTY
+        return None
     day_planner = _AccountDays(now, account, history, policies, policy, explain)
     for offset in range(horizon.days):
         day_planner.plan_day(horizon.first_day + timedelta(days=offset))
-    return day_planner.result()
+    return day_planner
 
 
 _EMPTY = Plan()
@@ -235,7 +248,8 @@ class _AccountDays:
         self.policy = policy
         self.hours = policies.hours(policy)
         self.explain = explain
-        self.zone = ZoneInfo(account.zone)
+        self.zone_name = account.timezones[0]
+        self.zone = _zone_info(self.zone_name)
         self.ledger: CapLedger | None = None
         self.planned: list[PlannedContact] = []
         self.suppressed: list[SuppressedContact] = []
@@ -352,7 +366,7 @@ class _AccountDays:
             or channel_hold(self.account, c.rule.channel, c.rule.target)
             or target_hold(self.history, c.target)
             or condition_hold(
-                c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone),
+                c.rule, self.account, self.history, self._day_start(day),
                 self.policy.outcomes,
             )
         )  # fmt: skip
@@ -402,6 +416,10 @@ class _AccountDays:
             )
         return self._no_time(rule, day) if c.nominal_day == day else None
 
+    def _day_start(self, day: date) -> datetime:
+        """00:00 borrower-local on ``day``, in UTC."""
+        return to_utc(day, _MIDNIGHT, self.zone_name)
+
     def _sla_deadline(self) -> datetime:
         return sla_deadline(self.account)
 
@@ -412,7 +430,7 @@ class _AccountDays:
         spans = cast("tuple[Span, ...] | None", self.policies.memo.get(key))
         if spans is None:
             window: tuple[Span, ...] = (
-                (to_utc(day, rule.at, a.zone), to_utc(day, rule.until, a.zone)),
+                (to_utc(day, rule.at, self.zone_name), to_utc(day, rule.until, self.zone_name)),
             )
             if rule.channel is not Channel.LETTER:
                 window = intersect(
@@ -424,7 +442,7 @@ class _AccountDays:
         return spans
 
     def _rule_start(self, rule: Rule, day: date) -> datetime:
-        return to_utc(day, rule.at, self.account.zone)
+        return to_utc(day, rule.at, self.zone_name)
 
     def _why_moved(self, rule: Rule, day: date, nominal: datetime) -> str:
         if self.now > nominal:
@@ -435,7 +453,7 @@ class _AccountDays:
         return "quiet hours in a borrower zone (" + ", ".join(self.account.timezones) + ")"
 
     def _no_time(self, rule: Rule, day: date) -> Hold:
-        if to_utc(day, rule.until, self.account.zone) <= self.now:
+        if to_utc(day, rule.until, self.zone_name) <= self.now:
             return Hold(
                 Reason.WINDOW_PASSED, f"its window {rule.at:%H:%M}-{rule.until:%H:%M} has passed"
             )
@@ -468,7 +486,7 @@ class _AccountDays:
     def _ledger(self) -> CapLedger:
         """The account's cap ledger: its stored history plus what this plan booked so far."""
         if self.ledger is None:
-            self.ledger = CapLedger(self.policy.caps, self.account.zone, self.history.contacts)
+            self.ledger = CapLedger(self.policy.caps, self.zone_name, self.history.contacts)
             for p in self.planned:
                 if p.channel is not Channel.LETTER:
                     self.ledger.book(_booking(p.channel, p.target, p.window_start, p.window_end))
@@ -515,7 +533,7 @@ class _AccountDays:
             self._note(c, verdict, text)
 
     def _suppress(self, c: _Candidate, hold: Hold) -> None:
-        zone = self.account.zone
+        zone = self.zone_name
         self.suppressed.append(
             SuppressedContact(
                 account_id=self.account.account_id,
@@ -614,6 +632,11 @@ def _booking(channel: Channel, target: str, start: datetime, end: datetime) -> B
 
 
 _MIDNIGHT = datetime.min.time()
+
+
+@lru_cache(maxsize=1024)
+def _zone_info(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 _CAP_TEXT = {
     Reason.CAP_DAILY: "already {caps.contacts_per_day} contacts that day (caps.contacts_per_day)",
     Reason.CAP_CALLS_7D: "would exceed {caps.call_attempts_per_7_days} call attempts in 7 days",
