@@ -15,7 +15,6 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -133,16 +132,21 @@ def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]
 
 def merge_plans(parts: Sequence[Plan]) -> Plan:
     """One plan from the plans of disjoint sets of accounts: exactly what ``plan`` over
-    all of them gives. Each part is sorted already, and equal keys belong to one account
-    (the key holds the account id), so a merge keeps ``plan``'s order, ties included."""
+    all of them gives. Equal keys belong to one account (the key holds the account id), so
+    a stable sort of the parts one after the other keeps ``plan``'s order, ties included;
+    each part being sorted already, the sort merges runs."""
     if len(parts) == 1:
         return parts[0]
     decisions: dict[str, tuple[Decision, ...]] = {}
     for part in parts:
         decisions.update(part.decisions)
+    planned = [c for p in parts for c in p.planned]
+    suppressed = [c for p in parts for c in p.suppressed]
+    planned.sort(key=_order)
+    suppressed.sort(key=_order)
     return Plan(
-        tuple(heapq.merge(*(p.planned for p in parts), key=_order)),
-        tuple(heapq.merge(*(p.suppressed for p in parts), key=_order)),
+        tuple(planned),
+        tuple(suppressed),
         tuple(sorted(key for p in parts for key in p.handover)),
         decisions,
     )

@@ -11,12 +11,21 @@ from datetime import UTC, date, datetime, timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Literal
+from typing import Any, Literal
 
 from policies import PolicySet
 from scheduler.diff import PlanDiff, diff_plans, diff_policies
 from scheduler.errors import RemindError
-from scheduler.models import Account, AccountHistory, Horizon, Plan
+from scheduler.models import (
+    Account,
+    AccountHistory,
+    Channel,
+    Horizon,
+    Plan,
+    PlannedContact,
+    Reason,
+    SuppressedContact,
+)
 from scheduler.planner import (
     FIRST_CONTACT_SEARCH_DAYS,
     follow_up_rules,
@@ -172,10 +181,51 @@ def _plan_shard(task: _ShardTask) -> tuple[int, Plan]:
         store.close()
 
 
+#: A plan's contacts as plain tuples (enum members as their values) for the way back from
+#: a worker: pickling the frozen dataclasses and enum members field by field cost several
+#: times more than rebuilding them from tuples.
+_Wire = tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]], tuple[str, ...]]
+_CHANNELS = {c.value: c for c in Channel}
+_REASONS = {r.value: r for r in Reason}
+
+
+def _to_wire(considered: int, result: Plan) -> _Wire:
+    planned = [
+        (c.contact_id, c.account_id, c.channel.value, c.rule, c.target, c.due_date, c.step,
+         c.window_start, c.window_end, c.template, c.priority, c.sla_risk, c.note)
+        for c in result.planned
+    ]  # fmt: skip
+    suppressed = [
+        (s.account_id, s.channel.value, s.rule, s.target, s.window_start, s.window_end,
+         s.reason.value, s.detail, s.contact_id)
+        for s in result.suppressed
+    ]  # fmt: skip
+    return considered, planned, suppressed, result.handover
+
+
+def _from_wire(wire: _Wire) -> tuple[int, Plan]:
+    considered, planned, suppressed, handover = wire
+    channels, reasons = _CHANNELS, _REASONS
+    return considered, Plan(
+        tuple(
+            PlannedContact(cid, aid, channels[ch], rule, target, due, step, start, end, tpl,
+                           priority, risk, note)
+            for cid, aid, ch, rule, target, due, step, start, end, tpl, priority, risk, note
+            in planned
+        ),
+        tuple(
+            SuppressedContact(aid, channels[ch], rule, target, start, end, reasons[reason],
+                              detail, cid)
+            for aid, ch, rule, target, start, end, reason, detail, cid in suppressed
+        ),
+        handover,
+    )  # fmt: skip
+
+
 def _shard_main(conn: Connection, task: _ShardTask) -> None:
-    """A worker process's entry point: send back ``("ok", result)`` or ``("error", exc)``."""
+    """A worker process's entry point: send back ``("ok", wire)`` or ``("error", exc)``."""
     try:
-        result = _plan_shard(task)
+        result = _to_wire(*_plan_shard(task))
     except BaseException as exc:  # every failure goes back to the parent, which raises it
         failure: BaseException = exc
         try:
@@ -236,7 +286,7 @@ class _Workers:
                 ) from None
             if status == "error":
                 raise value
-            found.append(value)
+            found.append(_from_wire(value))
         return found
 
 
