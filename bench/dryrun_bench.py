@@ -23,12 +23,18 @@ Then, each in a fresh child process (its own peak RSS):
   running it against a stand-in store), the case-work flags in force, the contacts
   performed since the same ``since``, the promises history reads (pending, and broken ones
   of the month before ``since``) and the emergency contacts removed for good;
-  ``fetchall()`` into tuples. No ORDER BY, no value mapping. The run fails if the
-  baseline's counts differ from what remind loaded.
-* ``remind``: (setup) load the shipped policies and open the store; (a) ``load_for_plan``;
-  (b) ``scheduler.planner.plan``; total = setup + a + b, as ``remind dry-run`` does; then,
-  timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
-  ``StringIO``. Peak RSS is read before rendering, and again after it.
+  ``fetchall()`` into tuples. No ORDER BY, no value mapping. remind reads the same history
+  rows and keeps those of the accounts it selected: the run fails if the baseline's
+  accounts, and its history rows of those accounts, differ from what remind loaded.
+* ``remind``: (setup) load the shipped policies and open the store; then, as
+  ``remind dry-run`` does, ``planning.plan_from_store`` with ``--workers`` shards (default:
+  what config.toml without ``[planner] workers`` gives here), worker processes forked;
+  with ``--workers 1`` it is timed as its two steps, (a) ``load_for_plan`` and (b)
+  ``scheduler.planner.plan``. Total = setup + the plan. Then, timed apart,
+  ``report.write_jsonl`` (planned contacts, as ``--format json``) to a ``StringIO``. Peak
+  RSS is read before rendering, and again after it; with workers, the largest worker's
+  peak is shown too (the sum bounds what the dry-run held at once). The counts the check
+  needs are read after the measurements.
 
 ``--repeat N`` runs baseline and remind N times, alternately, and reports the medians.
 ``--profile`` adds one more ``remind`` run under cProfile (not timed): the stats go to
