@@ -337,11 +337,17 @@ def baseline_selection(now: datetime) -> tuple[str, dict[str, Any]]:
     (dates,), kwargs = recorder.asked["accounts_due_on"]
     names = [f"d{i}" for i in range(len(dates))]
     params.update(zip(names, sorted(dates), strict=True))
-    match = f"due_date IN ({', '.join(':' + n for n in names)})"
+    on_dates = f"due_date IN ({', '.join(':' + n for n in names)})"
+    # one branch per index range, as Store.accounts_due_on reads them (an OR'ed filter
+    # reads every active account)
+    branches = _ACCOUNT_BRANCH.format(source="accounts a", match=on_dates)
+    match = on_dates
     if kwargs.get("due_until") is not None:
-        match += " OR due_date <= :until"
         params["until"] = kwargs["due_until"]
-    branches = _ACCOUNT_BRANCH.format(source="accounts a", match=match)
+        branches += _ACCOUNT_BRANCH.format(
+            source="accounts a", match=f"due_date <= :until AND NOT ({on_dates})"
+        )
+        match = f"{on_dates} OR due_date <= :until"
     if "accounts_with_promises" in recorder.asked:
         # the broken-promise follow-ups: the active, unpaid accounts with a promise in the
         # history that the due dates did not bring in; a second branch driven from the
