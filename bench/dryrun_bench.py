@@ -87,7 +87,7 @@ from scheduler.config import PlannerSettings
 from scheduler.importer import import_accounts
 from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan
-from scheduler.planning import load_for_plan, plan_from_store
+from scheduler.planning import collector_paused, load_for_plan, plan_from_store
 from scheduler.report import summarise, write_jsonl
 from scheduler.store import _BROKEN_PROMISE_DAYS
 from scheduler.tables import accounts, contacts, promises
@@ -216,11 +216,12 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
             store = ref.open()
         try:
             if workers == 1:  # what plan_from_store does then, timed step by step
-                with Timer() as load:
-                    found, history = load_for_plan(store, policies, horizon, now, None)
-                rss_loaded = current_rss_mib()
-                with Timer() as planning:
-                    result = plan(now, found, history, policies, horizon)
+                with collector_paused():
+                    with Timer() as load:
+                        found, history = load_for_plan(store, policies, horizon, now, None)
+                    rss_loaded = current_rss_mib()
+                    with Timer() as planning:
+                        result = plan(now, found, history, policies, horizon)
                 split = {"load_s": load.seconds, "plan_s": planning.seconds}
                 work_s = load.seconds + planning.seconds
                 split["rss_after_load_mib"] = round(rss_loaded, 1)

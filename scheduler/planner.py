@@ -641,6 +641,8 @@ _MIDNIGHT = datetime.min.time()
 @lru_cache(maxsize=1024)
 def _zone_info(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
 _CAP_TEXT = {
     Reason.CAP_DAILY: "already {caps.contacts_per_day} contacts that day (caps.contacts_per_day)",
     Reason.CAP_CALLS_7D: "would exceed {caps.call_attempts_per_7_days} call attempts in 7 days",

@@ -4,8 +4,11 @@ and as much of their history as the policies' caps and conditions look back on. 
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -36,6 +39,7 @@ from scheduler.planner import (
 from scheduler.store import ALL_IDS, IdRange, Store
 
 __all__ = [
+    "collector_paused",
     "compare_policies",
     "due_dates_for",
     "history_since",
@@ -156,8 +160,25 @@ def plan_from_store(
 def _plan_range(
     store: Store, policies: PolicySet, horizon: Horizon, now: datetime, id_range: IdRange
 ) -> tuple[int, Plan]:
-    accounts, history = load_for_plan(store, policies, horizon, now, None, id_range=id_range)
-    return len(accounts), plan(now, accounts, history, policies, horizon)
+    with collector_paused():
+        accounts, history = load_for_plan(store, policies, horizon, now, None, id_range=id_range)
+        return len(accounts), plan(now, accounts, history, policies, horizon)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block (reference counting goes on).
+    A plan's load and planning make hundreds of thousands of objects that stay alive and
+    hold no cycles: the collector's passes over them freed nothing and took a third of the
+    load's CPU time and a seventh of the planning's at 1M accounts. Process-wide: in the
+    daemon, other threads' cycles wait until the tick ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,3 +289,21 @@ def test_the_daemon_plan_tick_materialises_the_same_in_shards(
     assert len(single) > 200
     assert _daemon_plan(portfolio, tmp_path / "two", 2) == single
     assert not multiprocessing.active_children()
+
+
+def test_the_collector_is_paused_for_the_plan_and_restored(portfolio: Store) -> None:
+    import gc
+
+    assert gc.isenabled()
+    with planning.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RemindError), planning.collector_paused():
+        raise RemindError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a caller's own choice stands
+        plan_from_store(portfolio, shipped_policies(), HORIZON, NOW, workers=1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
