@@ -121,9 +121,12 @@ def account_hold(
     if account.paid_in_full:
         paid = f"{account.amount_paid} of {account.amount_due} {account.currency}".rstrip()
         return Hold(Reason.PAID, f"paid in full ({paid})")
-    for flag in _HOLD_ORDER:
-        if flag in account.flags and not (legally_required and flag is Flag.CEASE):
-            return Hold(Reason(flag.value), _FLAG_TEXT[flag])
+    if account.flags:
+        for flag in _HOLD_ORDER:
+            if flag in account.flags and not (legally_required and flag is Flag.CEASE):
+                return Hold(Reason(flag.value), _FLAG_TEXT[flag])
+    if not history.promises:
+        return None
     grace = timedelta(days=rules.promise_grace_days)
     for promise in history.promises:
         if promise_state(promise, account, day, rules) is PromiseStatus.PENDING:

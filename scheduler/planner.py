@@ -66,6 +66,7 @@ __all__ = [
 #: (a CN National Day week of holidays plus a weekend fits).
 FIRST_CONTACT_SEARCH_DAYS = 14
 _NO_HISTORY = AccountHistory()
+_NOTHING: frozenset[tuple[str, date | None, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +260,22 @@ class _AccountDays:
         self.suppressed: list[SuppressedContact] = []
         self.handover = False
         self.decisions: list[Decision] = []
-        self._counted = any(p.channel is not Channel.LETTER for p in history.contacts)
-        self._done = {(p.rule, p.due_date, p.target) for p in history.contacts}
-        self._done_on = {
-            (p.rule, p.at.astimezone(self.zone).date(), p.target) for p in history.contacts
-        }
+        past = history.contacts
+        self._counted = any(p.channel is not Channel.LETTER for p in past)
+        self._done = {(p.rule, p.due_date, p.target) for p in past} if past else _NOTHING
+        self._done_on = (
+            {(p.rule, p.at.astimezone(self.zone).date(), p.target) for p in past}
+            if past
+            else _NOTHING
+        )
+        #: The rule-window spans of this account's zones and country, per (rule, day):
+        #: the same for every account with those zones and that country.
+        self._span_memo = cast(
+            "dict[tuple[str, date], tuple[Span, ...]]",
+            policies.memo.setdefault(
+                ("spans", policy.policy.name, account.timezones, account.country), {}
+            ),
+        )
 
     def result(self) -> Plan:
         decisions = {self.account.account_id: tuple(self.decisions)} if self.explain else {}
@@ -430,8 +442,8 @@ class _AccountDays:
     def _spans(self, rule: Rule, day: date, *, clip_to_now: bool = True) -> tuple[Span, ...]:
         """Allowed spans of ``rule``'s window on ``day`` (from ``now`` unless told not to)."""
         a = self.account
-        key = ("spans", self.policy.policy.name, rule.id, day, a.timezones, a.country)
-        spans = cast("tuple[Span, ...] | None", self.policies.memo.get(key))
+        key = (rule.id, day)
+        spans = self._span_memo.get(key)
         if spans is None:
             window: tuple[Span, ...] = (
                 (to_utc(day, rule.at, self.zone_name), to_utc(day, rule.until, self.zone_name)),
@@ -440,7 +452,7 @@ class _AccountDays:
                 window = intersect(
                     window, self.hours.spans(day, a.timezones, a.country, rule.channel)
                 )
-            spans = self.policies.memo[key] = window
+            spans = self._span_memo[key] = window
         if clip_to_now and spans and spans[0][0] < self.now:
             return tuple((max(start, self.now), end) for start, end in spans if end > self.now)
         return spans

@@ -4,6 +4,7 @@ a failing or dying worker gives a clear error and leaves no process behind."""
 
 from __future__ import annotations
 
+import gc
 import io
 import multiprocessing
 import os
@@ -292,8 +293,6 @@ def test_the_daemon_plan_tick_materialises_the_same_in_shards(
 
 
 def test_the_collector_is_paused_for_the_plan_and_restored(portfolio: Store) -> None:
-    import gc
-
     assert gc.isenabled()
     with planning.collector_paused():
         assert not gc.isenabled()
