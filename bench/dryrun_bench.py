@@ -48,6 +48,7 @@ import random
 import re
 import resource
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,6 +211,7 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
     workers = params["workers"]
     rss_start = current_rss_mib()
     split: dict[str, float] = {}
+    cpu_start = time.process_time()
     with profiled(params.get("profile")):
         with Timer() as setup:
             policies = load_policies(POLICY_DIR)
@@ -234,7 +236,9 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         finally:
             store.close()
     peak_planned = peak_rss_mib()
-    peak_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_workers = children.ru_maxrss / 1024
+    cpu_s = time.process_time() - cpu_start + children.ru_utime + children.ru_stime
     buffer = io.StringIO()
     with Timer() as render:
         write_jsonl(result, buffer, show_suppressed=False)
@@ -252,6 +256,7 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         "work_s": work_s,
         **split,
         "total_s": setup.seconds + work_s,
+        "cpu_s": cpu_s,
         "render_s": render.seconds,
         "render_lines": buffer.getvalue().count("\n"),
         "render_mib": round(len(buffer.getvalue().encode()) / 2**20, 1),
@@ -529,6 +534,7 @@ def _report(
         peak_sum = dry["peak_rss_mib"] + dry["peak_rss_workers_mib"]
         report.facts["peak RSS, this process + largest worker (MiB)"] = round(peak_sum)
     facts = report.facts
+    facts["CPU s of the dry-run (this process + workers)"] = round(dry["cpu_s"], 2)
     facts["accounts considered"] = considered
     facts["history loaded"] = (
         f"{dry['history_contacts']:,} contacts, {dry['history_promises']:,} promises "
