@@ -17,16 +17,24 @@ over the next 30 days), then seeded history, bulk-inserted with SQLAlchemy Core:
 Then, each in a fresh child process (its own peak RSS):
 
 * ``baseline``: raw ``sqlite3`` / ``psycopg``: one UNION ALL query returning the accounts
-  ``load_for_plan`` asks the store for (active, ``amount_paid < amount_due``, and the due
-  dates it asks for: the query's filter is built from the arguments ``load_for_plan`` passes,
-  recorded by running it against a stand-in store), the case-work flags in force, the
-  contacts performed since the same ``since``, and pending promises; ``fetchall()`` into
-  tuples. No ORDER BY, no value mapping. The run fails if the baseline's counts differ from
-  what remind loaded.
-* ``remind``: (setup) load the shipped policies and open the store; (a) ``load_for_plan``;
-  (b) ``scheduler.planner.plan``; total = setup + a + b, as ``remind dry-run`` does; then,
-  timed apart, ``report.write_jsonl`` (planned contacts, as ``--format json``) to a
-  ``StringIO``. Peak RSS is read before rendering, and again after it.
+  ``load_for_plan`` asks the store for (active, ``amount_paid < amount_due``, and either one
+  of the due dates it asks for or, when a broken-promise rule is enabled, a promise in the
+  history: the filter is built from the arguments ``load_for_plan`` passes, recorded by
+  running it against a stand-in store), the case-work flags in force, the contacts
+  performed since the same ``since``, the promises history reads (pending, and broken ones
+  of the month before ``since``) and the emergency contacts removed for good;
+  ``fetchall()`` into tuples. No ORDER BY, no value mapping. remind reads the same history
+  rows and keeps those of the accounts it selected: the run fails if the baseline's
+  accounts, and its history rows of those accounts, differ from what remind loaded.
+* ``remind``: (setup) load the shipped policies and open the store; then, as
+  ``remind dry-run`` does, ``planning.plan_from_store`` with ``--workers`` shards (default:
+  what config.toml without ``[planner] workers`` gives here), worker processes forked;
+  with ``--workers 1`` it is timed as its two steps, (a) ``load_for_plan`` and (b)
+  ``scheduler.planner.plan``. Total = setup + the plan. Then, timed apart,
+  ``report.write_jsonl`` (planned contacts, as ``--format json``) to a ``StringIO``. Peak
+  RSS is read before rendering, and again after it; with workers, the largest worker's
+  peak is shown too (the sum bounds what the dry-run held at once). The counts the check
+  needs are read after the measurements.
 
 ``--repeat N`` runs baseline and remind N times, alternately, and reports the medians.
 ``--profile`` adds one more ``remind`` run under cProfile (not timed): the stats go to
@@ -38,7 +46,9 @@ from __future__ import annotations
 import io
 import random
 import re
+import resource
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,11 +84,13 @@ from common import (
 )
 
 from policies import load_policies
+from scheduler.config import PlannerSettings
 from scheduler.importer import import_accounts
 from scheduler.models import Horizon, contact_id
 from scheduler.planner import plan
-from scheduler.planning import load_for_plan
+from scheduler.planning import collector_paused, load_for_plan, plan_from_store
 from scheduler.report import summarise, write_jsonl
+from scheduler.store import _BROKEN_PROMISE_DAYS
 from scheduler.tables import accounts, contacts, promises
 
 SCRIPT = Path(__file__).resolve()
@@ -196,29 +208,55 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
     ref = StoreRef.from_params(params["store"])
     now = datetime.fromisoformat(params["now"])
     horizon = tomorrow(now)
+    workers = params["workers"]
     rss_start = current_rss_mib()
+    split: dict[str, float] = {}
+    cpu_start = time.process_time()
     with profiled(params.get("profile")):
         with Timer() as setup:
             policies = load_policies(POLICY_DIR)
             store = ref.open()
         try:
-            with Timer() as load:
-                found, history = load_for_plan(store, policies, horizon, now, None)
+            if workers == 1:  # what plan_from_store does then, timed step by step
+                with collector_paused():
+                    with Timer() as load:
+                        found, history = load_for_plan(store, policies, horizon, now, None)
+                    rss_loaded = current_rss_mib()
+                    with Timer() as planning:
+                        result = plan(now, found, history, policies, horizon)
+                split = {"load_s": load.seconds, "plan_s": planning.seconds}
+                work_s = load.seconds + planning.seconds
+                split["rss_after_load_mib"] = round(rss_loaded, 1)
+            else:
+                with Timer() as work:
+                    _, result = plan_from_store(
+                        store, policies, horizon, now, workers=workers, context="fork"
+                    )
+                work_s = work.seconds
         finally:
             store.close()
-        rss_loaded = current_rss_mib()
-        with Timer() as planning:
-            result = plan(now, found, history, policies, horizon)
     peak_planned = peak_rss_mib()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_workers = children.ru_maxrss / 1024
+    cpu_s = time.process_time() - cpu_start + children.ru_utime + children.ru_stime
     buffer = io.StringIO()
     with Timer() as render:
         write_jsonl(result, buffer, show_suppressed=False)
     summary = summarise(result)
+    peak_rendered = peak_rss_mib()
+    if workers != 1:  # untimed, after the measurements: what was loaded, for the check
+        store = ref.open()
+        try:
+            found, history = load_for_plan(store, policies, horizon, now, None)
+        finally:
+            store.close()
     return {
+        "workers": workers,
         "setup_s": setup.seconds,
-        "load_s": load.seconds,
-        "plan_s": planning.seconds,
-        "total_s": setup.seconds + load.seconds + planning.seconds,
+        "work_s": work_s,
+        **split,
+        "total_s": setup.seconds + work_s,
+        "cpu_s": cpu_s,
         "render_s": render.seconds,
         "render_lines": buffer.getvalue().count("\n"),
         "render_mib": round(len(buffer.getvalue().encode()) / 2**20, 1),
@@ -227,6 +265,7 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         "history_accounts": len(history),
         "history_contacts": sum(len(h.contacts) for h in history.values()),
         "history_promises": sum(len(h.promises) for h in history.values()),
+        "history_removed": sum(len(h.removed_contacts) for h in history.values()),
         "planned": len(result.planned),
         "suppressed": len(result.suppressed),
         "handover": len(result.handover),
@@ -234,9 +273,9 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
         "planned_by_channel": dict(Counter(c.channel.value for c in result.planned)),
         "suppressed_by_reason": dict(summary.suppressed.most_common()),
         "rss_start_mib": round(rss_start, 1),
-        "rss_after_load_mib": round(rss_loaded, 1),
         "peak_rss_mib": round(peak_planned, 1),
-        "peak_rss_after_render_mib": round(peak_rss_mib(), 1),
+        "peak_rss_workers_mib": round(peak_workers, 1),
+        "peak_rss_after_render_mib": round(peak_rendered, 1),
     }
 
 
@@ -245,15 +284,19 @@ def phase_remind(params: dict[str, Any]) -> dict[str, Any]:
 # One row layout for every branch: kind, account_id, then typed slots (NULL where unused).
 # accounts: d=due_date m1=amount_due m2=amount_paid t1..t11 b=phone_valid
 # flags:    t1=flag;  contacts: d=due_date t1..t5=channel,rule,outcome,status,target ts;
-# promises: d=promised_date m1=amount.
+# promises: d=promised_date m1=amount m2=paid_before t1=status;  removed: t1=target.
 _NULLS = {n: ", ".join(["NULL"] * n) for n in range(1, 12)}
-BASELINE_SQL = f"""
-SELECT 'a', account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
-       email, language, product, currency, status, flags, emergency_contacts, phone_valid,
+#: The promises ``Store.history`` reads: pending, and broken ones recent enough for a
+#: broken-promise follow-up (``:recent`` = ``since``'s date less ``_BROKEN_PROMISE_DAYS``).
+PROMISE_MATCH = "status = 'pending' OR (status = 'broken' AND promised_date >= :recent)"
+_ACCOUNT_BRANCH = """
+SELECT 'a', a.account_id, due_date, amount_due, amount_paid, timezones, country, name, phone,
+       email, language, product, currency, a.status, flags, emergency_contacts, phone_valid,
        CAST(NULL AS TIMESTAMP WITH TIME ZONE)
-  FROM accounts
- WHERE status = 'active' AND amount_paid < amount_due AND ({{due_match}})
-UNION ALL
+  FROM {source}
+ WHERE a.status = 'active' AND amount_paid < amount_due AND ({match})
+UNION ALL"""
+BASELINE_SQL = f"""{{account_branches}}
 SELECT 'f', account_id, NULL, NULL, NULL, flag, {_NULLS[10]}, NULL, NULL
   FROM account_flags WHERE since <= :now AND (until IS NULL OR until > :now)
 UNION ALL
@@ -262,8 +305,12 @@ SELECT 'c', account_id, due_date, NULL, NULL, channel, rule, outcome, status, ta
   FROM contacts
  WHERE performed_at >= :since AND (status IN ('sent', 'failed') OR outcome IS NOT NULL)
 UNION ALL
-SELECT 'p', account_id, promised_date, amount, NULL, {_NULLS[11]}, NULL, NULL
-  FROM promises WHERE status = 'pending'
+SELECT 'p', account_id, promised_date, amount, paid_before, status, {_NULLS[10]}, NULL, NULL
+  FROM promises WHERE {PROMISE_MATCH}
+UNION ALL
+SELECT 'r', account_id, NULL, NULL, NULL, target, {_NULLS[10]}, NULL, NULL
+  FROM (SELECT DISTINCT account_id, target FROM outcomes
+         WHERE result IN ('third_party_objected', 'wrong_number') AND target <> 'borrower') r
 """
 
 
@@ -289,21 +336,36 @@ def baseline_selection(now: datetime) -> tuple[str, dict[str, Any]]:
     recorder = _RecordingStore()
     load_for_plan(recorder, load_policies(POLICY_DIR), tomorrow(now), now, None)  # type: ignore[arg-type]
     _, history_kwargs = recorder.asked["history"]
-    params: dict[str, Any] = {"since": history_kwargs["since"], "now": now}
-    if "accounts_due_on" in recorder.asked:
-        (dates,), kwargs = recorder.asked["accounts_due_on"]
-        names = [f"d{i}" for i in range(len(dates))]
-        params.update(zip(names, sorted(dates), strict=True))
-        match = f"due_date IN ({', '.join(':' + n for n in names)})"
-        if kwargs.get("due_until") is not None:
-            match += " OR due_date <= :until"
-            params["until"] = kwargs["due_until"]
-    else:  # the window form: Store.candidate_accounts(first_day, last_day, ...)
-        (first_day, last_day), kwargs = recorder.asked["candidate_accounts"]
-        match = "due_date BETWEEN :low AND :high"
-        params["low"] = first_day - timedelta(days=kwargs["max_dpd"] + 1)
-        params["high"] = last_day + timedelta(days=kwargs["days_before_due"] + 1)
-    return BASELINE_SQL.format(due_match=match), params
+    since = history_kwargs["since"]
+    params: dict[str, Any] = {
+        "since": since, "now": now, "recent": since.date() - timedelta(days=_BROKEN_PROMISE_DAYS)
+    }  # fmt: skip
+    (dates,), kwargs = recorder.asked["accounts_due_on"]
+    names = [f"d{i}" for i in range(len(dates))]
+    params.update(zip(names, sorted(dates), strict=True))
+    on_dates = f"due_date IN ({', '.join(':' + n for n in names)})"
+    # one branch per index range, as Store.accounts_due_on reads them (an OR'ed filter
+    # reads every active account)
+    branches = _ACCOUNT_BRANCH.format(source="accounts a", match=on_dates)
+    match = on_dates
+    if kwargs.get("due_until") is not None:
+        params["until"] = kwargs["due_until"]
+        branches += _ACCOUNT_BRANCH.format(
+            source="accounts a", match=f"due_date <= :until AND NOT ({on_dates})"
+        )
+        match = f"{on_dates} OR due_date <= :until"
+    if "accounts_with_promises" in recorder.asked:
+        # the broken-promise follow-ups: the active, unpaid accounts with a promise in the
+        # history that the due dates did not bring in; a second branch driven from the
+        # (few) promises, as one OR'ed filter would probe them for every active account
+        source = (
+            f"(SELECT DISTINCT account_id FROM promises WHERE {PROMISE_MATCH}) p "
+            "CROSS JOIN accounts a"
+        )
+        branches += _ACCOUNT_BRANCH.format(
+            source=source, match=f"a.account_id = p.account_id AND NOT ({match})"
+        )
+    return BASELINE_SQL.format(account_branches=branches), params
 
 
 def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +378,10 @@ def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
     else:
         seconds, rows = _baseline_postgres(ref, sql, bounds)
     kinds = Counter(row[0] for row in rows)
+    # untimed, for the check: remind reads the same history rows and keeps those of the
+    # accounts it selected
+    selected = {row[1] for row in rows if row[0] == "a"}
+    kept = Counter(row[0] for row in rows if row[0] in "cpr" and row[1] in selected)
     return {
         "wall_s": seconds,
         "rows": len(rows),
@@ -323,6 +389,10 @@ def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
         "flags": kinds["f"],
         "contacts": kinds["c"],
         "promises": kinds["p"],
+        "removed": kinds["r"],
+        "selected_contacts": kept["c"],
+        "selected_promises": kept["p"],
+        "selected_removed": kept["r"],
         "rss_start_mib": round(rss_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
@@ -373,11 +443,18 @@ def main() -> None:
         "--seed, --today); on PostgreSQL give --schema too",
     )  # fmt: skip
     parser.add_argument("--schema", help="the PostgreSQL schema of --use-store")
+    parser.add_argument(
+        "--workers", type=int, default=PlannerSettings().workers,
+        help="[planner] workers (default: as config.toml without the key: "
+        f"{PlannerSettings().workers} here)",
+    )  # fmt: skip
     args = parser.parse_args()
     now = run_instant(args.today)
     show = args.show_commands
     with _store(args) as ref:
-        params: dict[str, Any] = {"store": ref.as_params(), "now": now.isoformat()}
+        params: dict[str, Any] = {
+            "store": ref.as_params(), "now": now.isoformat(), "workers": args.workers
+        }  # fmt: skip
         prep = None
         if not args.use_store:
             csv_path = portfolio_csv(args.accounts, seed=args.seed, today=args.today)
@@ -425,14 +502,21 @@ def _report(
         "baseline: one SQL query", base["wall_s"], rows=base["rows"],
         peak_rss_mib=base["peak_rss_mib"],
         note=f"{base['accounts']:,} accounts + {base['contacts']:,} contacts + "
-        f"{base['promises']:,} promises + {base['flags']:,} flags",
+        f"{base['promises']:,} promises + {base['flags']:,} flags + {base['removed']:,} removed",
     )  # fmt: skip
     report.add("setup: policies, open store", dry["setup_s"])
-    report.add(
-        "(a) load_for_plan", dry["load_s"], rows=considered,
-        note=f"RSS after load {dry['rss_after_load_mib']:.0f} MiB",
-    )  # fmt: skip
-    report.add("(b) plan", dry["plan_s"], rows=considered, note="accounts planned")
+    if dry["workers"] == 1:
+        report.add(
+            "(a) load_for_plan", dry["load_s"], rows=considered,
+            note=f"RSS after load {dry['rss_after_load_mib']:.0f} MiB",
+        )  # fmt: skip
+        report.add("(b) plan", dry["plan_s"], rows=considered, note="accounts planned")
+    else:
+        report.add(
+            f"(a+b) plan_from_store, {dry['workers']} shards", dry["work_s"], rows=considered,
+            peak_rss_mib=dry["peak_rss_workers_mib"],
+            note="load and plan in each shard at once; RSS: the largest worker",
+        )  # fmt: skip
     report.add(
         "(c) total dry-run", dry["total_s"], rows=considered, peak_rss_mib=dry["peak_rss_mib"],
         note=f"{dry['planned']:,} planned, {dry['suppressed']:,} suppressed, "
@@ -444,8 +528,13 @@ def _report(
         note=f"{dry['render_mib']} MiB to StringIO, apart from the total",
     )  # fmt: skip
     report.ratios["total / baseline"] = dry["total_s"] / base["wall_s"]
-    report.ratios["load_for_plan / baseline"] = dry["load_s"] / base["wall_s"]
+    if dry["workers"] == 1:
+        report.ratios["load_for_plan / baseline"] = dry["load_s"] / base["wall_s"]
+    else:
+        peak_sum = dry["peak_rss_mib"] + dry["peak_rss_workers_mib"]
+        report.facts["peak RSS, this process + largest worker (MiB)"] = round(peak_sum)
     facts = report.facts
+    facts["CPU s of the dry-run (this process + workers)"] = round(dry["cpu_s"], 2)
     facts["accounts considered"] = considered
     facts["history loaded"] = (
         f"{dry['history_contacts']:,} contacts, {dry['history_promises']:,} promises "
@@ -480,8 +569,9 @@ def _check(base: dict[str, Any], dry: dict[str, Any]) -> list[str]:
     """The baseline must select what remind loaded, or the ratio compares different work."""
     pairs = (
         ("accounts", base["accounts"], dry["accounts_considered"]),
-        ("contacts", base["contacts"], dry["history_contacts"]),
-        ("promises", base["promises"], dry["history_promises"]),
+        ("contacts", base["selected_contacts"], dry["history_contacts"]),
+        ("promises", base["selected_promises"], dry["history_promises"]),
+        ("removed emergency contacts", base["selected_removed"], dry["history_removed"]),
     )
     return [
         f"baseline selected {b:,} {what}, remind loaded {r:,}" for what, b, r in pairs if b != r

@@ -37,6 +37,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+@lru_cache(maxsize=1 << 16)  # a portfolio has few (day, time, zone) triples; values immutable
 def to_utc(day: date, at: time, zone: str) -> datetime:
     """The UTC instant of wall-clock ``at`` on ``day`` in ``zone`` (``time.max`` = next midnight).
 

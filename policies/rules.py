@@ -121,9 +121,12 @@ def account_hold(
     if account.paid_in_full:
         paid = f"{account.amount_paid} of {account.amount_due} {account.currency}".rstrip()
         return Hold(Reason.PAID, f"paid in full ({paid})")
-    for flag in _HOLD_ORDER:
-        if flag in account.flags and not (legally_required and flag is Flag.CEASE):
-            return Hold(Reason(flag.value), _FLAG_TEXT[flag])
+    if account.flags:
+        for flag in _HOLD_ORDER:
+            if flag in account.flags and not (legally_required and flag is Flag.CEASE):
+                return Hold(Reason(flag.value), _FLAG_TEXT[flag])
+    if not history.promises:
+        return None
     grace = timedelta(days=rules.promise_grace_days)
     for promise in history.promises:
         if promise_state(promise, account, day, rules) is PromiseStatus.PENDING:
@@ -243,6 +246,7 @@ class CapLedger:
         self._zone = ZoneInfo(zone)
         self._gap = timedelta(minutes=caps.min_gap_minutes)
         self._bookings: list[Booking] = []
+        self._local_days: dict[datetime, date] = {}  # booking start -> borrower-local day
         for past in history:
             if past.channel is not Channel.LETTER:
                 reached = past.channel is Channel.CALL and past.outcome.reached_borrower
@@ -262,11 +266,15 @@ class CapLedger:
         booking holds. Messages occupy an instant; calls occupy their window."""
         if not spans:
             raise ValueError("fit needs at least one span")
-        day = spans[0][0].astimezone(self._zone).date()
-        static = self._day_reason(day, channel, target)
+        first, first_end = spans[0]
+        static = self._day_reason(self._local_day(first), channel, target)
         if static is not None:
             return static
-        lower = self._lower_bound(spans[0][0], channel, target)
+        lower = self._lower_bound(first, channel, target)
+        if lower <= first < first_end:
+            fitted = self._fit_at_start(first, first_end, channel, target)
+            if fitted is not None:
+                return fitted
         blockers = [(b.start - self._gap, b.end + self._gap) for b in self._bookings]
         last_reason = Reason.CAP_MIN_GAP
         for start, end in spans:
@@ -291,9 +299,33 @@ class CapLedger:
                 return t, (stop if channel is Channel.CALL else max(stop, t))
         return last_reason
 
+    def _fit_at_start(
+        self, start: datetime, end: datetime, channel: Channel, target: str
+    ) -> tuple[datetime, datetime] | None:
+        """The general search's answer when it takes the first span's start (always its
+        first candidate): no booking's gap covers it and the 7-day call cap allows it.
+        ``None``: the general search must look further."""
+        gap = self._gap
+        stop = end
+        for b in self._bookings:
+            lo = b.start - gap
+            if lo > start:
+                stop = min(stop, lo)
+            elif start < b.end + gap and lo < start:
+                return None
+        if channel is Channel.CALL and target == "borrower" and not self._rolling_ok(start):
+            return None
+        return start, (stop if channel is Channel.CALL else max(stop, start))
+
+    def _local_day(self, at: datetime) -> date:
+        day = self._local_days.get(at)
+        if day is None:
+            day = self._local_days[at] = at.astimezone(self._zone).date()
+        return day
+
     def _day_reason(self, day: date, channel: Channel, target: str) -> Reason | None:
         caps = self._caps
-        today = [b for b in self._bookings if b.start.astimezone(self._zone).date() == day]
+        today = [b for b in self._bookings if self._local_day(b.start) == day]
         if caps.contacts_per_day and len(today) >= caps.contacts_per_day:
             return Reason.CAP_DAILY
         if channel is Channel.CALL and target == "borrower" and caps.connected_calls_per_day:

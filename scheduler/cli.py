@@ -34,7 +34,7 @@ from scheduler.config import Settings
 from scheduler.errors import PolicyError
 from scheduler.models import Account, AccountHistory, CaseNote, Horizon, Plan
 from scheduler.planner import plan
-from scheduler.planning import load_for_plan
+from scheduler.planning import load_for_plan, plan_from_store
 from scheduler.render import Templates, check_templates, template_dirs
 from scheduler.report import (
     print_decisions,
@@ -151,10 +151,32 @@ def dry_run(
     Reads the store, writes nothing, sends nothing."""
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
-    run = _PlanRun.prepare(config, date_, policy_dir, now, account)
-    result = plan(run.now, run.accounts, run.history, run.policies, run.horizon)
-    horizon, policies = run.horizon, run.policies
+    if account is not None:
+        run = _PlanRun.prepare(config, date_, policy_dir, now, account)
+        result = plan(run.now, run.accounts, run.history, run.policies, run.horizon)
+        horizon, policies = run.horizon, run.policies
+    else:
+        horizon, policies, result = _plan_store(config, date_, policy_dir, now)
     _print_plan(result, output, show_suppressed or account is not None, limit, horizon, policies)
+
+
+def _plan_store(
+    config: Path | None, day: str, policy_dir: Path | None, now: datetime | None
+) -> tuple[Horizon, PolicySet, Plan]:
+    """The whole store's plan for a day, in ``[planner] workers`` shards. Worker processes
+    are forked: this command runs no other threads."""
+    settings = settings_from(config)
+    moment = now_from(now)
+    horizon = Horizon(_day(day, settings, moment))
+    policies = _policies(settings, policy_dir)
+    store = open_store(settings)
+    try:
+        _, result = plan_from_store(
+            store, policies, horizon, moment, workers=settings.planner.workers, context="fork"
+        )
+    finally:
+        store.close()
+    return horizon, policies, result
 
 
 def _print_plan(

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_LOCATIONS",
     "ChannelSettings",
     "DaemonSettings",
+    "PlannerSettings",
     "Settings",
     "SourceSettings",
     "find_config",
@@ -46,6 +47,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "borrower_defaults": {"timezone": str, "country": str, "language": str, "currency": str},
     "policy": {"dir": str},
     "import": {"parse_workers": int},
+    "planner": {"workers": int},
     "daemon": {
         "plan_every_seconds": int,
         "plan_days": int,
@@ -89,6 +91,26 @@ class DaemonSettings:
     drain_seconds: int = 30
     metrics_port: int = 0
     dispatch_processes: int = 1
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+#: ``[planner] workers`` when the key is absent: one per CPU this process may use, at most 4.
+MAX_DEFAULT_WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    """``[planner]``: ``workers`` is how many shards (account_id ranges) a whole-store plan
+    (``remind dry-run``, the daemon's plan tick) is split into, each loaded and planned in
+    its own process; 1 plans in-process. Absent: one per usable CPU, at most 4."""
+
+    workers: int = field(default_factory=lambda: min(_usable_cpus(), MAX_DEFAULT_WORKERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +173,7 @@ class Settings:
     default_currency: str
     policy_dir: Path
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
     #: ``[store] audit_retention_days``: audit events younger than this are never pruned
     #: (default 730 days, two years: the card rules' minimum).
     audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
@@ -208,6 +231,7 @@ def load_settings(explicit: Path | None = None, env: Mapping[str, str] | None = 
         default_currency=get("borrower_defaults", "currency", ""),
         policy_dir=(base / get("policy", "dir", "policies")).resolve(),
         daemon=_daemon(path, data.get("daemon", {})),
+        planner=_planner(path, data.get("planner", {})),
         channels=_channels(path, data.get("channels", {})),
         audit_retention_days=_retention(path, data.get("store", {})),
         sources=_sources(path, data.get("sources", []), get("ops", "timezone", "UTC")),
@@ -244,6 +268,15 @@ def _daemon(path: Path, table: dict[str, Any]) -> DaemonSettings:
     if "dispatch_every_seconds" in values:
         values["dispatch_every_seconds"] = float(values["dispatch_every_seconds"])
     return DaemonSettings(**values)
+
+
+def _planner(path: Path, table: dict[str, Any]) -> PlannerSettings:
+    if "workers" not in table:
+        return PlannerSettings()
+    workers = table["workers"]
+    if isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"{path}: planner.workers must be at least 1 (1: plan in-process)")
+    return PlannerSettings(workers=workers)
 
 
 def _channels(path: Path, table: dict[str, Any]) -> dict[str, ChannelSettings]:

@@ -57,8 +57,8 @@ from scheduler.leader import Leadership, leadership_for
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
-from scheduler.planner import plan, sla_deadline
-from scheduler.planning import compare_policies, load_for_plan
+from scheduler.planner import sla_deadline
+from scheduler.planning import compare_policies, plan_from_store
 from scheduler.queue import ContactQueue
 from scheduler.render import Templates, template_dirs
 from scheduler.sources import SourceRun, SourceRunner
@@ -236,8 +236,11 @@ class Daemon:
         )
         if kept or broken:
             log.info("promises.settled", kept=kept, broken=broken)
-        accounts, history = load_for_plan(self.store, book.policies, horizon, now, None)
-        result = plan(now, accounts, history, book.policies, horizon)
+        # worker processes start from a fork server: this process runs other threads
+        considered, result = plan_from_store(
+            self.store, book.policies, horizon, now,
+            workers=self.settings.planner.workers, context="forkserver",
+        )  # fmt: skip
         missed = [s for s in result.suppressed if s.reason is Reason.WINDOW_PASSED]
         inserted = self.queue.materialise(
             result.planned, missed, now=now, policy_version=book.version
@@ -249,7 +252,7 @@ class Daemon:
         )  # fmt: skip
         self._ticked("plan", started)
         log.info(
-            "tick.plan", days=horizon.days, accounts=len(accounts), planned=inserted[0],
+            "tick.plan", days=horizon.days, accounts=considered, planned=inserted[0],
             missed=inserted[1], policy_version=book.version,
             seconds=round(time.monotonic() - started, 3),
         )  # fmt: skip

@@ -15,9 +15,10 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import cast
 from zoneinfo import ZoneInfo
 
@@ -54,6 +55,7 @@ __all__ = [
     "FIRST_CONTACT_SEARCH_DAYS",
     "first_contact_catch_up",
     "follow_up_rules",
+    "merge_plans",
     "plan",
     "plan_account",
     "rules_on",
@@ -64,6 +66,7 @@ __all__ = [
 #: (a CN National Day week of holidays plus a weekend fits).
 FIRST_CONTACT_SEARCH_DAYS = 14
 _NO_HISTORY = AccountHistory()
+_NOTHING: frozenset[tuple[str, date | None, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +109,48 @@ def plan(
     handover: list[str] = []
     decisions: dict[str, tuple[Decision, ...]] = {}
     for account in accounts:
-        result = plan_account(
-            now,
-            account,
-            history.get(account.account_id, _NO_HISTORY),
-            policies,
-            horizon,
-            explain=explain,
+        days = _plan_days(
+            now, account, history.get(account.account_id, _NO_HISTORY), policies, horizon, explain
         )
-        planned.extend(result.planned)
-        suppressed.extend(result.suppressed)
-        handover.extend(result.handover)
-        decisions.update(result.decisions)
-    # timestamps, not the zone-aware datetimes: comparing those across zones is slow
-    planned.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
-    suppressed.sort(key=lambda c: (c.window_start.timestamp(), c.account_id, c.rule, c.target))
+        if days is None:
+            continue
+        planned += days.planned
+        suppressed += days.suppressed
+        if days.handover:
+            handover.append(account.account_id)
+        if explain:
+            decisions[account.account_id] = tuple(days.decisions)
+    planned.sort(key=_order)
+    suppressed.sort(key=_order)
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
+
+
+def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]:
+    """The order of a plan's contacts. Timestamps, not the zone-aware datetimes: comparing
+    those across zones is slow."""
+    return (c.window_start.timestamp(), c.account_id, c.rule, c.target)
+
+
+def merge_plans(parts: Sequence[Plan]) -> Plan:
+    """One plan from the plans of disjoint sets of accounts: exactly what ``plan`` over
+    all of them gives. Equal keys belong to one account (the key holds the account id), so
+    a stable sort of the parts one after the other keeps ``plan``'s order, ties included;
+    each part being sorted already, the sort merges runs."""
+    if len(parts) == 1:
+        return parts[0]
+    decisions: dict[str, tuple[Decision, ...]] = {}
+    for part in parts:
+        decisions.update(part.decisions)
+    planned = [c for p in parts for c in p.planned]
+    suppressed = [c for p in parts for c in p.suppressed]
+    planned.sort(key=_order)
+    suppressed.sort(key=_order)
+    return Plan(
+        tuple(planned),
+        tuple(suppressed),
+        tuple(sorted(key for p in parts for key in p.handover)),
+        decisions,
+    )
 
 
 def plan_account(
@@ -134,13 +163,26 @@ def plan_account(
     explain: bool = False,
 ) -> Plan:
     """Plan one account over ``horizon``; see ``plan``."""
+    days = _plan_days(now, account, history, policies, horizon, explain)
+    return _EMPTY if days is None else days.result()
+
+
+def _plan_days(
+    now: datetime,
+    account: Account,
+    history: AccountHistory,
+    policies: PolicySet,
+    horizon: Horizon,
+    explain: bool,
+) -> _AccountDays | None:
+    """The account's days planned (``None``: nothing concerns it in ``horizon``)."""
     policy = policies.for_product(account.product)
     if not explain and not _anything_due(policies, policy, account, history, horizon):
-        return _EMPTY
+        return None
     day_planner = _AccountDays(now, account, history, policies, policy, explain)
     for offset in range(horizon.days):
         day_planner.plan_day(horizon.first_day + timedelta(days=offset))
-    return day_planner.result()
+    return day_planner
 
 
 _EMPTY = Plan()
@@ -211,17 +253,29 @@ class _AccountDays:
         self.policy = policy
         self.hours = policies.hours(policy)
         self.explain = explain
-        self.zone = ZoneInfo(account.zone)
+        self.zone_name = account.timezones[0]
+        self.zone = _zone_info(self.zone_name)
         self.ledger: CapLedger | None = None
         self.planned: list[PlannedContact] = []
         self.suppressed: list[SuppressedContact] = []
         self.handover = False
         self.decisions: list[Decision] = []
-        self._counted = any(p.channel is not Channel.LETTER for p in history.contacts)
-        self._done = {(p.rule, p.due_date, p.target) for p in history.contacts}
-        self._done_on = {
-            (p.rule, p.at.astimezone(self.zone).date(), p.target) for p in history.contacts
-        }
+        past = history.contacts
+        self._counted = any(p.channel is not Channel.LETTER for p in past)
+        self._done = {(p.rule, p.due_date, p.target) for p in past} if past else _NOTHING
+        self._done_on = (
+            {(p.rule, p.at.astimezone(self.zone).date(), p.target) for p in past}
+            if past
+            else _NOTHING
+        )
+        #: The rule-window spans of this account's zones and country, per (rule, day):
+        #: the same for every account with those zones and that country.
+        self._span_memo = cast(
+            "dict[tuple[str, date], tuple[Span, ...]]",
+            policies.memo.setdefault(
+                ("spans", policy.policy.name, account.timezones, account.country), {}
+            ),
+        )
 
     def result(self) -> Plan:
         decisions = {self.account.account_id: tuple(self.decisions)} if self.explain else {}
@@ -328,7 +382,7 @@ class _AccountDays:
             or channel_hold(self.account, c.rule.channel, c.rule.target)
             or target_hold(self.history, c.target)
             or condition_hold(
-                c.rule, self.account, self.history, to_utc(day, _MIDNIGHT, self.account.zone),
+                c.rule, self.account, self.history, self._day_start(day),
                 self.policy.outcomes,
             )
         )  # fmt: skip
@@ -378,29 +432,33 @@ class _AccountDays:
             )
         return self._no_time(rule, day) if c.nominal_day == day else None
 
+    def _day_start(self, day: date) -> datetime:
+        """00:00 borrower-local on ``day``, in UTC."""
+        return to_utc(day, _MIDNIGHT, self.zone_name)
+
     def _sla_deadline(self) -> datetime:
         return sla_deadline(self.account)
 
     def _spans(self, rule: Rule, day: date, *, clip_to_now: bool = True) -> tuple[Span, ...]:
         """Allowed spans of ``rule``'s window on ``day`` (from ``now`` unless told not to)."""
         a = self.account
-        key = ("spans", self.policy.policy.name, rule.id, day, a.timezones, a.country)
-        spans = cast("tuple[Span, ...] | None", self.policies.memo.get(key))
+        key = (rule.id, day)
+        spans = self._span_memo.get(key)
         if spans is None:
             window: tuple[Span, ...] = (
-                (to_utc(day, rule.at, a.zone), to_utc(day, rule.until, a.zone)),
+                (to_utc(day, rule.at, self.zone_name), to_utc(day, rule.until, self.zone_name)),
             )
             if rule.channel is not Channel.LETTER:
                 window = intersect(
                     window, self.hours.spans(day, a.timezones, a.country, rule.channel)
                 )
-            spans = self.policies.memo[key] = window
+            spans = self._span_memo[key] = window
         if clip_to_now and spans and spans[0][0] < self.now:
             return tuple((max(start, self.now), end) for start, end in spans if end > self.now)
         return spans
 
     def _rule_start(self, rule: Rule, day: date) -> datetime:
-        return to_utc(day, rule.at, self.account.zone)
+        return to_utc(day, rule.at, self.zone_name)
 
     def _why_moved(self, rule: Rule, day: date, nominal: datetime) -> str:
         if self.now > nominal:
@@ -411,7 +469,7 @@ class _AccountDays:
         return "quiet hours in a borrower zone (" + ", ".join(self.account.timezones) + ")"
 
     def _no_time(self, rule: Rule, day: date) -> Hold:
-        if to_utc(day, rule.until, self.account.zone) <= self.now:
+        if to_utc(day, rule.until, self.zone_name) <= self.now:
             return Hold(
                 Reason.WINDOW_PASSED, f"its window {rule.at:%H:%M}-{rule.until:%H:%M} has passed"
             )
@@ -444,7 +502,7 @@ class _AccountDays:
     def _ledger(self) -> CapLedger:
         """The account's cap ledger: its stored history plus what this plan booked so far."""
         if self.ledger is None:
-            self.ledger = CapLedger(self.policy.caps, self.account.zone, self.history.contacts)
+            self.ledger = CapLedger(self.policy.caps, self.zone_name, self.history.contacts)
             for p in self.planned:
                 if p.channel is not Channel.LETTER:
                     self.ledger.book(_booking(p.channel, p.target, p.window_start, p.window_end))
@@ -491,7 +549,7 @@ class _AccountDays:
             self._note(c, verdict, text)
 
     def _suppress(self, c: _Candidate, hold: Hold) -> None:
-        zone = self.account.zone
+        zone = self.zone_name
         self.suppressed.append(
             SuppressedContact(
                 account_id=self.account.account_id,
@@ -590,6 +648,13 @@ def _booking(channel: Channel, target: str, start: datetime, end: datetime) -> B
 
 
 _MIDNIGHT = datetime.min.time()
+
+
+@lru_cache(maxsize=1024)
+def _zone_info(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
 _CAP_TEXT = {
     Reason.CAP_DAILY: "already {caps.contacts_per_day} contacts that day (caps.contacts_per_day)",
     Reason.CAP_CALLS_7D: "would exceed {caps.call_attempts_per_7_days} call attempts in 7 days",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,9 @@ def test_relative_paths_are_relative_to_the_file_and_the_store_url_can_be_overri
         ('[ops]\ntimezone = "Mars/Olympus"\n', "ops.timezone: unknown time zone"),
         ("[ops]\ntimezone = 8\n", "ops.timezone must be a str"),
         ("[ops\n", "not valid TOML"),
+        ("[planner]\nworkers = 0\n", "planner.workers must be at least 1"),
+        ('[planner]\nworkers = "auto"\n', "planner.workers must be a int"),
+        ("[planner]\nshards = 2\n", "unknown key planner.shards"),
     ],
 )
 def test_a_bad_config_is_refused_with_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -74,3 +78,12 @@ def test_the_shipped_config_is_valid_and_holds_no_secrets() -> None:
     assert settings.store_url.startswith("sqlite:///")
     text = shipped.read_text().lower()
     assert "password" not in text.split("#")[0] and "token =" not in text
+
+
+def test_planner_workers_default_to_the_usable_cpus_at_most_four(tmp_path: Path) -> None:
+    default = load_settings(write(tmp_path / "a.toml"), {}).planner.workers
+    assert default == min(len(os.sched_getaffinity(0)), 4)
+    one = write(tmp_path / "b.toml", GOOD + "[planner]\nworkers = 1\n")
+    assert load_settings(one, {}).planner.workers == 1
+    many = write(tmp_path / "c.toml", GOOD + "[planner]\nworkers = 6\n")
+    assert load_settings(many, {}).planner.workers == 6
