@@ -1125,6 +1125,9 @@ class _Workers:
         try:
             for process in self._processes:
                 process.start()
+        except BaseException:
+            self.close()
+            raise
         finally:
             if method == "fork":
                 gc.unfreeze()
@@ -1165,10 +1168,11 @@ class _Workers:
 
     def close(self) -> None:
         """End every worker (they may be blocked on a full queue) and wait for them."""
-        for process in self._processes:
+        started = [p for p in self._processes if p.pid is not None]
+        for process in started:
             if process.is_alive():
                 process.terminate()
-        for process in self._processes:
+        for process in started:
             process.join(timeout=10)
         for queue in self._queues:
             queue.close()
