@@ -904,8 +904,8 @@ class Store:
             a.amount_paid < a.amount_due,
             *_in_range(a.account_id, id_range),
         ]
-        # One select per index range, not one OR'ed filter: with the OR, both SQLite and
-        # PostgreSQL read every active account (the whole table) to find a few in six.
+        # One select per index range, not one OR'ed filter: with the OR, SQLite reads every
+        # active account (most of the table) through the status index to find one in six.
         stmt: sa.Select[Any] | sa.CompoundSelect[Any] = sa.select(*_ACCOUNT_COLUMNS).where(
             a.due_date.in_(dates), *due
         )
