@@ -29,7 +29,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -59,7 +59,7 @@ from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
 from scheduler.planner import sla_deadline
 from scheduler.planning import compare_policies, plan_from_store
-from scheduler.queue import ContactQueue
+from scheduler.queue import ContactQueue, Settlement
 from scheduler.render import Templates, template_dirs
 from scheduler.sources import SourceRun, SourceRunner
 from scheduler.store import Store
@@ -68,6 +68,7 @@ from scheduler.workers import DispatchWorkers
 __all__ = [
     "Daemon",
     "build_lanes",
+    "dispatcher_for",
     "load_rulebook",
     "offset_clock",
     "policy_channels",
@@ -110,6 +111,31 @@ def build_lanes(
             raise ConfigError(f"{settings.config_path}: channels.{kind.value}: {exc}") from exc
         lanes[kind] = Lane(kind, adapter, cs.concurrency, cs.rate_per_second / processes)
     return lanes
+
+
+def dispatcher_for(
+    settings: Settings,
+    *,
+    store: Store,
+    lanes: Mapping[Channel, Lane],
+    rulebook: Callable[[], Rulebook],
+    clock: Callable[[], datetime],
+    owner: str,
+    stop: threading.Event,
+    on_settled: Callable[[Sequence[Settlement]], None] | None = None,
+) -> Dispatcher:
+    """A ``Dispatcher`` with ``[daemon]``'s batch, lease and retry settings (the daemon's
+    own, and each dispatch child's)."""
+    d = settings.daemon
+    return Dispatcher(
+        store=store, lanes=lanes, rulebook=rulebook, clock=clock, owner=owner,
+        batch_size=d.batch_size, lease_seconds=d.lease_seconds,
+        retry=RetrySettings(
+            max_attempts=d.max_attempts, short_retries=d.short_retries,
+            base_seconds=d.retry_base_seconds, max_seconds=d.retry_max_seconds,
+        ),
+        stop=stop, on_settled=on_settled,
+    )  # fmt: skip
 
 
 class single_instance_lock:  # used as a context manager: named like one
@@ -193,19 +219,13 @@ class Daemon:
         self.drained = True  # False when a tick outlived the drain at shutdown
         self.metrics = Metrics()
         self.stop = threading.Event()
-        self._reload_requested = threading.Event()
-        self._wake = threading.Event()
+        self._reload_requested = False  # set by SIGHUP's handler
+        self._woken = False  # set by signal handlers, which must take no lock
         self._ready = False
         self._last_dispatch = time.monotonic()
-        d = settings.daemon
-        self.dispatcher = Dispatcher(
-            store=store, lanes=lanes, rulebook=lambda: self._rulebook, clock=clock,
-            owner=self.owner, batch_size=d.batch_size, lease_seconds=d.lease_seconds,
-            retry=RetrySettings(
-                max_attempts=d.max_attempts, short_retries=d.short_retries,
-                base_seconds=d.retry_base_seconds, max_seconds=d.retry_max_seconds,
-            ),
-            stop=self.stop, on_settled=self.metrics.count,
+        self.dispatcher = dispatcher_for(
+            settings, store=store, lanes=lanes, rulebook=lambda: self._rulebook, clock=clock,
+            owner=self.owner, stop=self.stop, on_settled=self.metrics.count,
         )  # fmt: skip
 
     @property
@@ -441,15 +461,23 @@ class Daemon:
     def _serve(self) -> None:
         interval = self.notifier.watchdog_interval or 5.0
         while not self.stop.is_set():
-            self._wake.wait(min(interval, 5.0))
-            self._wake.clear()
-            if self._reload_requested.is_set():
-                self._reload_requested.clear()
+            self._nap(min(interval, 5.0))
+            if self._reload_requested:
+                self._reload_requested = False
                 self.reload()
             if self.workers is not None and not self.stop.is_set():
                 self.workers.check()
             if self._healthy():
                 self.notifier.watchdog()
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking within 0.1 s of a signal. Polls a flag instead of
+        waiting on an Event: a handler setting an Event the main thread is waiting on can
+        deadlock on the Event's lock (the handler runs on the main thread)."""
+        deadline = time.monotonic() + seconds
+        while not self._woken and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._woken = False
 
     def _healthy(self) -> bool:
         """Dispatch ran recently: jobs are being scheduled (a hung store or a wedged pool
@@ -525,12 +553,12 @@ class Daemon:
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
-            self.stop.set()
-            self._wake.set()
+            self.stop.set()  # the main thread never waits on this one
+            self._woken = True
 
         def hup(_signum: int, _frame: FrameType | None) -> None:
-            self._reload_requested.set()
-            self._wake.set()
+            self._reload_requested = True
+            self._woken = True
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

@@ -46,7 +46,7 @@ from typing import IO
 import structlog
 
 from scheduler.config import Settings, load_settings
-from scheduler.dispatcher import Dispatcher, RetrySettings, Rulebook
+from scheduler.dispatcher import Rulebook
 from scheduler.errors import PolicyError, RemindError, StoreError
 from scheduler.logs import configure_logging
 from scheduler.models import Channel
@@ -171,24 +171,18 @@ class _Child:
         self, settings: Settings, store: Store, clock: Callable[[], datetime], processes: int,
         parent: int,
     ) -> None:  # fmt: skip
-        from scheduler.daemon import build_lanes, load_rulebook, policy_channels
+        from scheduler.daemon import build_lanes, dispatcher_for, load_rulebook, policy_channels
 
         self.settings = settings
         self.parent = parent
         self.stop = threading.Event()
-        self._reload = threading.Event()
+        self._reload = False  # set by SIGHUP's handler, which must take no lock
         self._book = load_rulebook(settings)
         lanes = build_lanes(settings, clock, policy_channels(self._book), processes=processes)
-        d = settings.daemon
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self.dispatcher = Dispatcher(
-            store=store, lanes=lanes, rulebook=lambda: self._book, clock=clock,
-            owner=self.owner, batch_size=d.batch_size, lease_seconds=d.lease_seconds,
-            retry=RetrySettings(
-                max_attempts=d.max_attempts, short_retries=d.short_retries,
-                base_seconds=d.retry_base_seconds, max_seconds=d.retry_max_seconds,
-            ),
-            stop=self.stop,
+        self.dispatcher = dispatcher_for(
+            settings, store=store, lanes=lanes, rulebook=lambda: self._book, clock=clock,
+            owner=self.owner, stop=self.stop,
         )  # fmt: skip
 
     def run(self) -> int:
@@ -202,15 +196,27 @@ class _Child:
         log.info("workers.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
         for thread in threads:
             thread.start()
-        while not self.stop.wait(self.settings.daemon.dispatch_every_seconds):
+        # The main thread sleeps rather than waiting on ``stop``: the SIGTERM handler sets
+        # ``stop`` on this thread, and would deadlock on the Event's lock if it interrupted
+        # a wait on it.
+        checked = time.monotonic()
+        while not self.stop.is_set():
+            time.sleep(0.1)
+            if time.monotonic() - checked < self.settings.daemon.dispatch_every_seconds:
+                continue
+            checked = time.monotonic()
             if os.getppid() != self.parent:
                 log.warning("workers.orphaned", owner=self.owner)
-                self.stop.set()
-            if self._reload.is_set():
-                self._reload.clear()
+                break
+            if self._reload:
+                self._reload = False
                 self._reload_rulebook()
+        # stopping now: no handler may interrupt this thread while it holds stop's lock
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        self.stop.set()
+        deadline = time.monotonic() + self.settings.daemon.drain_seconds
         for thread in threads:
-            thread.join(self.settings.daemon.drain_seconds)
+            thread.join(max(0.0, deadline - time.monotonic()))
         try:
             left = self.dispatcher.queue.release(self.owner, now=datetime.now(UTC))
         except StoreError as exc:
@@ -221,7 +227,7 @@ class _Child:
         return 0
 
     def _hup(self, _signum: int, _frame: FrameType | None) -> None:
-        self._reload.set()
+        self._reload = True
 
     def _lane(self, kind: Channel) -> None:
         while not self.stop.is_set():
