@@ -746,16 +746,7 @@ def _csv_records(
 ) -> Iterator[_Record]:
     width = len(columns)
     known = [(column, i) for i, column in enumerate(columns) if column in known_set]
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields: list[str] = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ImportFileError(f"{name}: line {start}: {exc}") from exc
-        if not fields:
-            continue
+    for start, fields in _csv_fields(reader, name):
         if len(fields) < width:
             fields += [""] * (width - len(fields))
         elif len(fields) > width and any(f.strip() for f in fields[width:]):
