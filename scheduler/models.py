@@ -35,6 +35,8 @@ __all__ = [
     "SuppressedContact",
     "Verdict",
     "contact_id",
+    "contact_id_of",
+    "contact_id_tail",
 ]
 
 
@@ -296,8 +298,18 @@ class Verdict(StrEnum):
 def contact_id(account_id: str, rule: str, due_date: date, step: int, target: str) -> str:
     """The stable id of a contact: the same account, rule, due date, step and target give the
     same id on every host and every run. It is the provider's idempotency key."""
-    raw = f"{account_id}\x1f{rule}\x1f{due_date.isoformat()}\x1f{step}\x1f{target}"
-    return "c" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+    return contact_id_of(account_id, contact_id_tail(rule, due_date, step, target))
+
+
+def contact_id_tail(rule: str, due_date: date, step: int, target: str) -> bytes:
+    """What ``contact_id`` hashes after the account id: for contacts that differ only in
+    their account (the planner's shared plans)."""
+    return f"\x1f{rule}\x1f{due_date.isoformat()}\x1f{step}\x1f{target}".encode()
+
+
+def contact_id_of(account_id: str, tail: bytes) -> str:
+    """``contact_id`` from the account id and a ``contact_id_tail``."""
+    return "c" + hashlib.blake2b(account_id.encode() + tail, digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

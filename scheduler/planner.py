@@ -16,9 +16,10 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
+from operator import attrgetter
 from typing import cast
 from zoneinfo import ZoneInfo
 
@@ -48,7 +49,8 @@ from scheduler.models import (
     Reason,
     SuppressedContact,
     Verdict,
-    contact_id,
+    contact_id_of,
+    contact_id_tail,
 )
 
 __all__ = [
@@ -108,10 +110,18 @@ def plan(
     suppressed: list[SuppressedContact] = []
     handover: list[str] = []
     decisions: dict[str, tuple[Decision, ...]] = {}
+    shared: dict[tuple[object, ...], _Shared | None] = {}
     for account in accounts:
-        days = _plan_days(
-            now, account, history.get(account.account_id, _NO_HISTORY), policies, horizon, explain
-        )
+        past = history.get(account.account_id, _NO_HISTORY)
+        key = None if explain else _shared_key(account, past)
+        if key is not None and key in shared:
+            like = shared[key]
+            if like is not None:
+                like.add_for(account.account_id, planned, suppressed, handover)
+            continue
+        days = _plan_days(now, account, past, policies, horizon, explain)
+        if key is not None:
+            shared[key] = None if days is None else _Shared.of(days)
         if days is None:
             continue
         planned += days.planned
@@ -123,6 +133,69 @@ def plan(
     planned.sort(key=_order)
     suppressed.sort(key=_order)
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
+
+
+def _shared_key(account: Account, history: AccountHistory) -> tuple[object, ...] | None:
+    """Everything the plan of ``account`` depends on but its id, when that is little: no
+    history, no emergency contacts (their numbers are targets), not paid in full (the hold
+    names the amounts). Accounts with equal keys get the same plan, but for the account
+    and contact ids, and are planned once (``None``: this account's plan is its own).
+    tests/test_planner_properties.py holds ``plan`` to planning each account alone."""
+    if history.contacts or history.promises or history.removed_contacts:
+        return None
+    if account.emergency_contacts or account.paid_in_full:
+        return None
+    return (_planned_on(account), not account.phone, not account.email)
+
+
+#: The fields of an ``Account`` with no history that is not paid in full which its plan
+#: does not depend on (of the addresses, only whether there is one). Every other field is
+#: in ``_shared_key``: one added to ``Account`` later tells accounts apart until it is
+#: named here.
+_NOT_PLANNED_ON = frozenset(
+    {"account_id", "name", "phone", "email", "language", "currency", "amount_due", "amount_paid"}
+)
+_planned_on = attrgetter(*(f.name for f in fields(Account) if f.name not in _NOT_PLANNED_ON))
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """One account's plan, as the plan of every account with the same ``_shared_key``:
+    each contact with the ``contact_id_tail`` its copies' ids are made from."""
+
+    planned: tuple[tuple[PlannedContact, bytes], ...]
+    suppressed: tuple[tuple[SuppressedContact, bytes], ...]
+    handover: bool
+
+    @classmethod
+    def of(cls, days: _AccountDays) -> _Shared:
+        return cls(
+            tuple(zip(days.planned, days.planned_tails, strict=True)),
+            tuple(zip(days.suppressed, days.suppressed_tails, strict=True)),
+            days.handover,
+        )
+
+    def add_for(
+        self,
+        account_id: str,
+        planned: list[PlannedContact],
+        suppressed: list[SuppressedContact],
+        handover: list[str],
+    ) -> None:
+        """Append this plan's contacts, made for ``account_id``."""
+        planned += (
+            PlannedContact(contact_id_of(account_id, tail), account_id, c.channel, c.rule,
+                           c.target, c.due_date, c.step, c.window_start, c.window_end,
+                           c.template, c.priority, c.sla_risk, c.note)
+            for c, tail in self.planned
+        )  # fmt: skip
+        suppressed += (
+            SuppressedContact(account_id, c.channel, c.rule, c.target, c.window_start,
+                              c.window_end, c.reason, c.detail, contact_id_of(account_id, tail))
+            for c, tail in self.suppressed
+        )  # fmt: skip
+        if self.handover:
+            handover.append(account_id)
 
 
 def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]:
@@ -258,6 +331,9 @@ class _AccountDays:
         self.ledger: CapLedger | None = None
         self.planned: list[PlannedContact] = []
         self.suppressed: list[SuppressedContact] = []
+        #: The ``contact_id_tail`` of each planned and suppressed contact, in order.
+        self.planned_tails: list[bytes] = []
+        self.suppressed_tails: list[bytes] = []
         self.handover = False
         self.decisions: list[Decision] = []
         past = history.contacts
@@ -517,11 +593,11 @@ class _AccountDays:
             note = (
                 note + "; " if note else ""
             ) + f"only if {rule.fallback_for} did not reach the borrower"
+        tail = contact_id_tail(rule.id, self.account.due_date, c.step, c.target)
+        self.planned_tails.append(tail)
         self.planned.append(
             PlannedContact(
-                contact_id=contact_id(
-                    self.account.account_id, rule.id, self.account.due_date, c.step, c.target
-                ),
+                contact_id=contact_id_of(self.account.account_id, tail),
                 account_id=self.account.account_id,
                 channel=rule.channel,
                 rule=rule.id,
@@ -550,6 +626,8 @@ class _AccountDays:
 
     def _suppress(self, c: _Candidate, hold: Hold) -> None:
         zone = self.zone_name
+        tail = contact_id_tail(c.rule.id, self.account.due_date, c.step, c.target)
+        self.suppressed_tails.append(tail)
         self.suppressed.append(
             SuppressedContact(
                 account_id=self.account.account_id,
@@ -560,9 +638,7 @@ class _AccountDays:
                 window_end=to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),
                 reason=hold.reason,
                 detail=hold.sentence,
-                contact_id=contact_id(
-                    self.account.account_id, c.rule.id, self.account.due_date, c.step, c.target
-                ),
+                contact_id=contact_id_of(self.account.account_id, tail),
             )
         )
         if self.explain:

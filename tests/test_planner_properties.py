@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policies import PolicySet, load_policies
 from scheduler.models import (
     HOLD_FLAGS,
     Account,
@@ -23,8 +26,8 @@ from scheduler.models import (
     Plan,
     Promise,
 )
-from scheduler.planner import plan
-from tests.factories import shipped_policies
+from scheduler.planner import merge_plans, plan, plan_account
+from tests.factories import copy_policies, shipped_policies
 
 POLICIES = shipped_policies()
 POLICY = POLICIES.default
@@ -280,3 +283,105 @@ def test_an_emergency_contact_removed_for_good_is_never_planned(case: Case) -> N
     _, _, _, history = case
     for c in run(case).planned:
         assert c.target not in history[c.account_id].removed_contacts, c
+
+
+#: DPDs on which the shipped rules fire (pre-due SMS and email, first contact, the DPD 2-30
+#: and 31-90 ladders, hand-over).
+FIRING_DPDS = [-3, -1, 0, 1, 2, 3, 4, 31, 38, 95]
+#: What a plan depends on besides history, each with the values drawn (the usual ones more
+#: often): due date (as DPD on the day), zones, country, flags, status, product, and which
+#: addresses exist.
+KEY_POOLS: tuple[list[Any], ...] = (
+    FIRING_DPDS,
+    [zones for zones, _ in ZONE_SETS],
+    ["CN", "US", "GB", "AU", "RU"],
+    [frozenset()] * 3 + [frozenset({Flag.NO_SMS}), frozenset({Flag.NO_EMAIL}),
+                         frozenset({Flag.NO_CALL}), frozenset({Flag.DISPUTE}),
+                         frozenset({Flag.CEASE})],
+    [AccountStatus.ACTIVE] * 3 + [AccountStatus.CLOSED],
+    ["", "card"],
+    [True, True, True, False],  # has a phone
+    [True, True, True, False],  # the phone is valid
+    [True, True, False],  # has an email
+)  # fmt: skip
+LookalikeCase = tuple[datetime, Horizon, list[Account], dict[str, AccountHistory]]
+
+
+@pytest.fixture(scope="module")
+def card_policies(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
+    """The shipped policies plus a ``card`` product policy that moves two rules."""
+    directory = copy_policies(tmp_path_factory.mktemp("policies"))
+    (directory / "card.toml").write_text(
+        '[policy]\nname = "card"\nproducts = ["card"]\nextends = "default"\n\n'
+        '[[rule]]\nid = "pre_due_sms_1d"\nat = "11:00"\n\n'
+        '[[rule]]\nid = "early_call"\nat = "10:30"\n'
+    )
+    return load_policies(directory)
+
+
+@st.composite
+def lookalikes(draw: st.DrawFn) -> LookalikeCase:
+    """A base variant of what a plan depends on (``KEY_POOLS``) and, for each thing in it,
+    a variant differing in just that; two or three accounts of each, which vary in all else
+    (names, numbers, amounts short of paid, language, currency), in random order, most with
+    no history: the accounts the planner plans once for all alike."""
+    # holidays twice as often: whether a call may go then depends on the country
+    day = draw(st.sampled_from([*DAYS, date(2026, 10, 1), date(2026, 12, 25)]))
+    now = datetime.combine(day, time(0), tzinfo=UTC) + timedelta(
+        minutes=draw(st.integers(-48 * 60, 12 * 60))
+    )
+    base = [draw(st.sampled_from(pool)) for pool in KEY_POOLS]
+    variants = [base]
+    for which, pool in enumerate(KEY_POOLS):
+        variant = list(base)
+        variant[which] = draw(st.sampled_from([v for v in pool if v != base[which]]))
+        variants.append(variant)
+    accounts: list[Account] = []
+    history: dict[str, AccountHistory] = {}
+    for index, fields in enumerate(v for v in variants for _ in range(draw(st.integers(2, 3)))):
+        dpd, zones, country, flags, status, product, phone, phone_valid, email = fields
+        amount = Decimal(draw(st.integers(2, 5000)))
+        account = Account(
+            account_id=f"L{draw(st.integers(0, 10**6))}-{index}",
+            due_date=day - timedelta(days=dpd),
+            amount_due=amount,
+            amount_paid=draw(st.sampled_from([Decimal(0), amount - 1, amount])),
+            timezones=zones,
+            country=country,
+            name=draw(st.sampled_from([None, "Li Wei", "Ann Lee"])),
+            phone=draw(st.sampled_from(["+8613812345678", "+12015550123"])) if phone else None,
+            phone_valid=phone_valid,
+            email=draw(st.sampled_from(["x@example.com", "y@example.org"])) if email else None,
+            language=draw(st.sampled_from(["en", "zh-CN"])),
+            product=product,
+            currency=draw(st.sampled_from(["", "CNY", "USD"])),
+            status=status,
+            flags=flags,
+            emergency_contacts=("+8613912345678",) if draw(st.integers(0, 4)) == 0 else (),
+        )
+        accounts.append(account)
+        if draw(st.integers(0, 4)) == 0:
+            history[account.account_id] = AccountHistory(
+                (PastContact(account.account_id, Channel.CALL, "early_call",
+                             now - timedelta(hours=1), draw(st.sampled_from(list(Outcome))),
+                             due_date=account.due_date),),
+            )  # fmt: skip
+        elif draw(st.integers(0, 3)) == 0:
+            history[account.account_id] = AccountHistory()  # read from the store, but empty
+    horizon = Horizon(day, draw(st.sampled_from([1, 1, 3])))
+    return now, horizon, draw(st.permutations(accounts)), history
+
+
+@settings(SETTINGS, max_examples=300)
+@given(case=lookalikes())
+def test_accounts_alike_get_the_plan_each_would_get_alone(
+    card_policies: PolicySet, case: LookalikeCase
+) -> None:
+    """``plan`` plans accounts alike once and copies the plan to the others: what it gives
+    is exactly what planning each account on its own gives, contact ids included."""
+    now, horizon, accounts, history = case
+    alone = [
+        plan_account(now, a, history.get(a.account_id, AccountHistory()), card_policies, horizon)
+        for a in accounts
+    ]
+    assert plan(now, accounts, history, card_policies, horizon) == merge_plans(alone)
