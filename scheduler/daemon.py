@@ -414,7 +414,7 @@ class Daemon:
         scheduler = self._scheduler()
         self._guarded("plan", self.tick_plan)()
         if self.workers is not None:
-            self.workers.start()
+            self.workers.start(report=self.metrics.add)  # their sends count here too
         self._ready = True
         self.notifier.ready(status="planning done; dispatching")
         log.info("daemon.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])

@@ -25,13 +25,17 @@ What the daemon promises about its children:
 * SIGHUP is passed on: each child reloads the policies and templates itself and keeps its
   previous ones when the new are invalid;
 * a channel's ``rate_per_second`` is the provider's limit for the whole daemon: each of the
-  N processes keeps to ``rate_per_second / N``.
+  N processes keeps to ``rate_per_second / N``;
+* what a child settles reaches the daemon's Prometheus counters: after recording a batch the
+  child writes one JSON line per channel and outcome (a ``Tally``) to a pipe the daemon
+  reads (``--report-fd``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -40,7 +44,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -52,7 +57,9 @@ from scheduler.config import Settings, load_settings
 from scheduler.dispatcher import Rulebook
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.logs import configure_logging
+from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
+from scheduler.queue import Settlement
 from scheduler.store import Store, open_store
 
 __all__ = ["DispatchWorkers", "RestartBackoff", "main"]
@@ -102,7 +109,7 @@ class _Slot:
 
 
 class DispatchWorkers:
-    """The daemon's dispatch-only children: ``start()``, ``check()`` (note the ones that
+    """The daemon's dispatch-only children: ``start(report)``, ``check()`` (note the ones that
     exited, start the ones due), ``due()`` (whether ``check()`` has work), ``reload()``
     (SIGHUP each), ``stop(timeout)`` (SIGTERM each, wait, then SIGKILL).
 
@@ -135,6 +142,8 @@ class DispatchWorkers:
         self.backoff = backoff
         self.timer = timer
         self.slots = [_Slot(i + 1) for i in range(count)]
+        self._report: Callable[[Tally], None] | None = None
+        self._readers: list[threading.Thread] = []
 
     def _command(self, index: int) -> list[str]:
         command = [
@@ -148,14 +157,50 @@ class DispatchWorkers:
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        """Start child ``index``. Raises ``OSError`` when it cannot be started."""
+        """Start child ``index``, with a report pipe when there is a ``report`` to feed.
+        Raises ``OSError`` when it cannot be started."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        child = subprocess.Popen(
-            self._command(index), env=env, pass_fds=self.pass_fds, stdout=self.log,
-            stderr=subprocess.STDOUT if self.log is not None else None,
-        )  # fmt: skip
+        command, fds = self._command(index), self.pass_fds
+        read, write = os.pipe() if self._report is not None else (-1, -1)
+        if write >= 0:
+            command, fds = [*command, "--report-fd", str(write)], (*fds, write)
+        try:
+            child = subprocess.Popen(
+                command, env=env, pass_fds=fds, stdout=self.log,
+                stderr=subprocess.STDOUT if self.log is not None else None,
+            )  # fmt: skip
+        except BaseException:
+            if read >= 0:
+                os.close(read)
+            raise
+        finally:
+            if write >= 0:
+                os.close(write)  # the child holds it now: EOF here when the child ends
+        if read >= 0 and self._report is not None:
+            self._listen(read, index, self._report)
         log.info("workers.started", index=index, pid=child.pid)
         return child
+
+    def _listen(self, fd: int, index: int, report: Callable[[Tally], None]) -> None:
+        """Feed ``report`` each ``Tally`` child ``index`` writes to ``fd``, until it ends."""
+
+        def read() -> None:
+            with open(fd, "rb") as pipe:
+                for line in pipe:
+                    try:
+                        counted = Tally(**json.loads(line))
+                    except (ValueError, TypeError):
+                        text = line[:200].decode(errors="replace")
+                        log.warning("workers.bad_report", index=index, line=text)
+                        continue
+                    try:
+                        report(counted)
+                    except Exception:  # this thread must keep reading: logged in full
+                        log.exception("workers.report_crashed", index=index)
+
+        thread = threading.Thread(target=read, name=f"workers-report-{index}", daemon=True)
+        thread.start()
+        self._readers = [t for t in self._readers if t.is_alive()] + [thread]
 
     @property
     def pids(self) -> list[int]:
@@ -164,8 +209,9 @@ class DispatchWorkers:
     def _running(self) -> list[subprocess.Popen[bytes]]:
         return [s.child for s in self.slots if s.child is not None and s.child.poll() is None]
 
-    def start(self) -> None:
-        """Start every child."""
+    def start(self, report: Callable[[Tally], None] | None = None) -> None:
+        """Start every child; each feeds ``report`` with what it settles (none: no reports)."""
+        self._report = report
         for slot in self.slots:
             self._start(slot)
 
@@ -221,7 +267,8 @@ class DispatchWorkers:
 
     def stop(self, timeout: float) -> bool:
         """SIGTERM every child and wait up to ``timeout`` seconds in all; SIGKILL those
-        still running then. True when every child exited by itself."""
+        still running then. True when every child exited by itself. Their last reports are
+        read (for up to what is left of ``timeout``)."""
         running = self._running()
         self._signal(signal.SIGTERM)
         clean = True
@@ -233,6 +280,8 @@ class DispatchWorkers:
                 child.kill()
                 child.wait()
                 clean = False
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
         return clean
 
 
@@ -257,12 +306,45 @@ def _die_with_parent() -> None:
         pass
 
 
+class _Reporter:
+    """The child's end of the report pipe: after each recorded batch, one JSON ``Tally`` line
+    per channel and outcome. The pipe does not block: a send never waits on the daemon's
+    counters, and a line that does not fit (the daemon not reading) is dropped and logged.
+    Each line is one ``write`` of under ``PIPE_BUF`` bytes, so lines from several lanes
+    never interleave. A daemon that is gone (a broken pipe) is logged once; this process
+    stops soon after anyway."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+
+    def __call__(self, settled: Sequence[Settlement]) -> None:
+        for t in tally(settled):
+            fd = self._fd
+            if fd is None:
+                return
+            try:
+                os.write(fd, json.dumps(asdict(t)).encode() + b"\n")
+            except BlockingIOError:
+                log.warning("workers.report_dropped", channel=t.channel, outcome=t.outcome,
+                            contacts=t.contacts)  # fmt: skip
+            except OSError as exc:
+                self._fd = None
+                log.warning("workers.report_failed", error=str(exc))
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+
 class _Child:
     """One dispatch-only process: a thread per lane claiming and sending until stopped."""
 
     def __init__(
         self, settings: Settings, store: Store, clock: Callable[[], datetime], processes: int,
-        parent: int,
+        parent: int, report: _Reporter | None = None,
     ) -> None:  # fmt: skip
         from scheduler.daemon import build_lanes, dispatcher_for, load_rulebook, policy_channels
 
@@ -275,7 +357,7 @@ class _Child:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.dispatcher = dispatcher_for(
             settings, store=store, lanes=lanes, rulebook=lambda: self._book, clock=clock,
-            owner=self.owner, stop=self.stop,
+            owner=self.owner, stop=self.stop, on_settled=report,
         )  # fmt: skip
 
     def run(self) -> int:
@@ -352,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--now", type=datetime.fromisoformat, default=None)
+    parser.add_argument("--report-fd", type=int, default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
     configure_logging(level=args.log_level)
@@ -366,13 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         def clock() -> datetime:
             return datetime.now(UTC)
 
+    report = _Reporter(args.report_fd) if args.report_fd is not None else None
     try:
         settings = load_settings(args.config)  # read again: it may have changed since
         with open_store(settings) as store:
-            return _Child(settings, store, clock, args.processes, args.parent).run()
+            return _Child(settings, store, clock, args.processes, args.parent, report).run()
     except RemindError as exc:
         log.error("workers.failed", index=args.index, error=str(exc))
         return _EXIT_INVALID if isinstance(exc, ConfigError | PolicyError) else _EXIT_ERROR
+    finally:
+        if report is not None:
+            report.close()
 
 
 if __name__ == "__main__":

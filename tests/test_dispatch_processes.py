@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -19,7 +20,9 @@ from channels.base import Message
 from channels.outbox import OutboxChannel
 from scheduler.config import load_settings
 from scheduler.daemon import build_lanes
+from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
+from scheduler.queue import Settlement
 from scheduler.workers import DispatchWorkers, RestartBackoff
 from tests.factories import account, local
 from tests.support.daemon import (
@@ -32,6 +35,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.gateway import LoopbackGateway
+from tests.support.smtp import free_port
 
 DUE = date(2026, 11, 23)
 ZONE = "Asia/Shanghai"
@@ -80,6 +84,18 @@ def _at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
 
 
+def _settled_metric(port: int, labels: str) -> float | None:
+    """``remind_contacts_settled_total{labels}`` as the daemon's /metrics serves it."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _until(predicate: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -111,8 +127,9 @@ def _sent_once(url: str, gateway: LoopbackGateway) -> list[str]:
 def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
     tmp_path: Path,
 ) -> None:
+    port = free_port()
     with LoopbackGateway(faults={"slow_ms": 200}) as gateway:
-        config = _config(tmp_path, gateway.url)
+        config = _config(tmp_path, gateway.url, extra=f"metrics_port = {port}\n")
         url = _seeded(tmp_path, config)
         # Given a daemon with two dispatching processes (itself and one child; the gateway
         # is slow until the child has started, so the daemon cannot finish alone)
@@ -121,6 +138,9 @@ def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
         gateway.set_faults({"slow_ms": 5})
         daemon.wait_for(lambda: statuses(url).get("sent", 0) >= N)
         children = _children(daemon)
+        # (and the daemon's Prometheus endpoint counts every send, the child's too)
+        sent = 'channel="sms",outcome="sent"'
+        daemon.wait_for(lambda: _settled_metric(port, sent) == N, timeout=10)
         # When it is stopped with SIGTERM
         started = time.monotonic()
         assert daemon.stop() == 0
@@ -259,6 +279,18 @@ def test_a_child_that_keeps_failing_is_restarted_ever_later_and_comes_back_once_
         config.write_text(good)
         daemon.wait_for(lambda: _ready_children(daemon) == 2, timeout=30)
         assert daemon.stop() == 0
+
+
+def test_a_recorded_batch_is_reported_as_counts_by_channel_and_outcome() -> None:
+    def settled(channel: str, event: str, breach: bool = False) -> Settlement:
+        return Settlement("c", "A", "sent", event, 1, sla_breach=breach, channel=channel)
+
+    batch = [settled("sms", "sent"), settled("sms", "sent", breach=True),
+             settled("sms", "skipped"), settled("email", "sent")]  # fmt: skip
+    assert sorted(tally(batch), key=lambda t: (t.channel, t.outcome)) == [
+        Tally("email", "sent", 1), Tally("sms", "sent", 2, sla_breaches=1),
+        Tally("sms", "skipped", 1),
+    ]  # fmt: skip
 
 
 def test_each_process_keeps_to_its_share_of_the_provider_rate(tmp_path: Path) -> None:
