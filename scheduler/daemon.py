@@ -414,7 +414,7 @@ class Daemon:
         scheduler = self._scheduler()
         self._guarded("plan", self.tick_plan)()
         if self.workers is not None:
-            self.workers.start()
+            self.workers.start(report=self.metrics.add)  # their sends count here too
         self._ready = True
         self.notifier.ready(status="planning done; dispatching")
         log.info("daemon.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
@@ -460,8 +460,9 @@ class Daemon:
 
     def _serve(self) -> None:
         interval = self.notifier.watchdog_interval or 5.0
+        children = self.workers.due if self.workers is not None else None
         while not self.stop.is_set():
-            self._nap(min(interval, 5.0))
+            self._nap(min(interval, 5.0), until=children)  # a child exited or is due to start
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
@@ -470,12 +471,15 @@ class Daemon:
             if self._healthy():
                 self.notifier.watchdog()
 
-    def _nap(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, waking within 0.1 s of a signal. Polls a flag instead of
-        waiting on an Event: a handler setting an Event the main thread is waiting on can
-        deadlock on the Event's lock (the handler runs on the main thread)."""
+    def _nap(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Sleep up to ``seconds``, waking within 0.1 s of a signal or of ``until()`` being
+        true. Polls a flag instead of waiting on an Event: a handler setting an Event the
+        main thread is waiting on can deadlock on the Event's lock (the handler runs on the
+        main thread)."""
         deadline = time.monotonic() + seconds
         while not self._woken and time.monotonic() < deadline:
+            if until is not None and until():
+                break
             time.sleep(0.1)
         self._woken = False
 

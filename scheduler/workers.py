@@ -12,8 +12,10 @@ notify protocol stay in the daemon (the children never plan and never talk to sy
 What the daemon promises about its children:
 
 * each child is owner ``HOST:PID`` of its own leases; a child that dies leaves leases that
-  expire after ``lease_seconds`` (the watch tick sees them re-claimed), and the daemon
-  starts a new child in its place at its next watch tick;
+  expire after ``lease_seconds`` (then any dispatching process claims them again), and the
+  daemon starts a new child in its place after a backoff (``RestartBackoff``: 1 s, doubling
+  for a child that keeps dying, up to 60 s; never giving up, since the daemon dispatches
+  meanwhile and the children are only extra capacity);
 * a child holds the daemon's SQLite single-instance lock (the descriptor is passed on), so a
   restarted daemon cannot release leases that an old child still works on;
 * a child ends when the daemon ends: SIGTERM from the daemon at shutdown (it drains like
@@ -23,13 +25,17 @@ What the daemon promises about its children:
 * SIGHUP is passed on: each child reloads the policies and templates itself and keeps its
   previous ones when the new are invalid;
 * a channel's ``rate_per_second`` is the provider's limit for the whole daemon: each of the
-  N processes keeps to ``rate_per_second / N``.
+  N processes keeps to ``rate_per_second / N``;
+* what a child settles reaches the daemon's Prometheus counters: after recording a batch the
+  child writes one JSON line per channel and outcome (a ``Tally``) to a pipe the daemon
+  reads (``--report-fd``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -38,6 +44,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -47,26 +55,69 @@ import structlog
 
 from scheduler.config import Settings, load_settings
 from scheduler.dispatcher import Rulebook
-from scheduler.errors import PolicyError, RemindError, StoreError
+from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.logs import configure_logging
+from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
+from scheduler.queue import Settlement
 from scheduler.store import Store, open_store
 
-__all__ = ["DispatchWorkers", "main"]
+__all__ = ["DispatchWorkers", "RestartBackoff", "main"]
 
 log = structlog.get_logger("remind.workers")
 
 _PR_SET_PDEATHSIG = 1
+#: A child's exit codes, as the CLI's: an invalid config or policy, any other remind error.
+_EXIT_INVALID, _EXIT_ERROR = 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBackoff:
+    """When a dispatch child that exited is started again: ``first_seconds`` after its first
+    exit in a row, doubling with each further one up to ``max_seconds``, for as long as it
+    keeps exiting (never given up: the daemon dispatches meanwhile). An exit after the child
+    stayed up ``stable_seconds`` starts a new row."""
+
+    first_seconds: float = 1.0
+    max_seconds: float = 60.0
+    stable_seconds: float = 300.0
+
+    def after_exit(self, failures: int, uptime_seconds: float) -> tuple[int, float]:
+        """A child that had exited ``failures`` times in a row before this run exits after
+        ``uptime_seconds``: returns its exits in a row now and the seconds until its restart."""
+        failures = 1 if uptime_seconds >= self.stable_seconds else failures + 1
+        return failures, min(self.max_seconds, self.first_seconds * 2.0 ** min(failures - 1, 32))
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One child's place: its process (None while it waits to start), when that started
+    (the timer's reading), its exits in a row, and when it is due to start (again)."""
+
+    index: int
+    child: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+    def ended(self, now: float, backoff: RestartBackoff) -> float:
+        """Its process exited (or could not start) at ``now``: schedule the next start and
+        return the seconds until then."""
+        self.failures, delay = backoff.after_exit(self.failures, now - self.started)
+        self.child, self.restart_at = None, now + delay
+        return delay
 
 
 class DispatchWorkers:
-    """The daemon's dispatch-only children: ``start()``, ``check()`` (restart any that
-    died), ``reload()`` (SIGHUP each), ``stop(timeout)`` (SIGTERM each, wait, then SIGKILL).
+    """The daemon's dispatch-only children: ``start(report)``, ``check()`` (note the ones that
+    exited, start the ones due), ``due()`` (whether ``check()`` has work), ``reload()``
+    (SIGHUP each), ``stop(timeout)`` (SIGTERM each, wait, then SIGKILL).
 
     ``count`` children run ``python -m scheduler.workers`` with the daemon's config file,
     log level and clock (``clock()`` at start is passed as ``--now`` when ``pinned``), and
     the descriptors in ``pass_fds`` (the SQLite single-instance lock). Their log lines go
-    to ``log`` (default: the daemon's own stdout, so journald gets both)."""
+    to ``log`` (default: the daemon's own stdout, so journald gets both). A child that exits
+    is started again as ``backoff`` says, measured on ``timer`` (seconds, monotonic)."""
 
     def __init__(
         self,
@@ -78,6 +129,8 @@ class DispatchWorkers:
         log_level: str = "info",
         pass_fds: Sequence[int] = (),
         log: IO[str] | None = None,
+        backoff: RestartBackoff = RestartBackoff(),
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -86,7 +139,11 @@ class DispatchWorkers:
         self.pinned = pinned
         self.log_level = log_level
         self.pass_fds = tuple(pass_fds)
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.backoff = backoff
+        self.timer = timer
+        self.slots = [_Slot(i + 1) for i in range(count)]
+        self._report: Callable[[Tally], None] | None = None
+        self._readers: list[threading.Thread] = []
 
     def _command(self, index: int) -> list[str]:
         command = [
@@ -100,54 +157,139 @@ class DispatchWorkers:
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        """Start child ``index``, with a report pipe when there is a ``report`` to feed.
+        Raises ``OSError`` when it cannot be started."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        child = subprocess.Popen(
-            self._command(index), env=env, pass_fds=self.pass_fds, stdout=self.log,
-            stderr=subprocess.STDOUT if self.log is not None else None,
-        )  # fmt: skip
+        command, fds = self._command(index), self.pass_fds
+        read, write = os.pipe() if self._report is not None else (-1, -1)
+        if write >= 0:
+            command, fds = [*command, "--report-fd", str(write)], (*fds, write)
+        try:
+            child = subprocess.Popen(
+                command, env=env, pass_fds=fds, stdout=self.log,
+                stderr=subprocess.STDOUT if self.log is not None else None,
+            )  # fmt: skip
+        except BaseException:
+            if read >= 0:
+                os.close(read)
+            raise
+        finally:
+            if write >= 0:
+                os.close(write)  # the child holds it now: EOF here when the child ends
+        if read >= 0 and self._report is not None:
+            self._listen(read, index, self._report)
         log.info("workers.started", index=index, pid=child.pid)
         return child
 
+    def _listen(self, fd: int, index: int, report: Callable[[Tally], None]) -> None:
+        """Feed ``report`` each ``Tally`` child ``index`` writes to ``fd``, until it ends."""
+
+        def read() -> None:
+            with open(fd, "rb") as pipe:
+                for line in pipe:
+                    try:
+                        counted = Tally(**json.loads(line))
+                    except (ValueError, TypeError):
+                        text = line[:200].decode(errors="replace")
+                        log.warning("workers.bad_report", index=index, line=text)
+                        continue
+                    try:
+                        report(counted)
+                    except Exception:  # this thread must keep reading: logged in full
+                        log.exception("workers.report_crashed", index=index)
+
+        thread = threading.Thread(target=read, name=f"workers-report-{index}", daemon=True)
+        thread.start()
+        self._readers = [t for t in self._readers if t.is_alive()] + [thread]
+
     @property
     def pids(self) -> list[int]:
-        return [child.pid for child in self.children]
+        return [s.child.pid for s in self.slots if s.child is not None]
 
-    def start(self) -> None:
-        self.children = [self._spawn(i + 1) for i in range(self.count)]
+    def _running(self) -> list[subprocess.Popen[bytes]]:
+        return [s.child for s in self.slots if s.child is not None and s.child.poll() is None]
+
+    def start(self, report: Callable[[Tally], None] | None = None) -> None:
+        """Start every child; each feeds ``report`` with what it settles (none: no reports)."""
+        self._report = report
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: _Slot) -> bool:
+        now = self.timer()
+        slot.started = now
+        try:
+            slot.child = self._spawn(slot.index)
+        except OSError as exc:
+            delay = slot.ended(now, self.backoff)
+            log.error("workers.start_failed", index=slot.index, error=str(exc),
+                      exits_in_a_row=slot.failures, restart_in_seconds=delay)  # fmt: skip
+            return False
+        slot.restart_at = None
+        return True
+
+    def due(self) -> bool:
+        """Whether ``check()`` has something to do: a child exited, or a start is due."""
+        now = self.timer()
+        return any(
+            (s.child is not None and s.child.poll() is not None)
+            or (s.restart_at is not None and now >= s.restart_at)
+            for s in self.slots
+        )
 
     def check(self) -> int:
-        """Start a new child for each one that exited; returns how many were restarted."""
-        restarted = 0
-        for i, child in enumerate(self.children):
-            code = child.poll()
-            if code is not None:
-                log.warning("workers.exited", index=i + 1, pid=child.pid, code=code)
-                self.children[i] = self._spawn(i + 1)
-                restarted += 1
-        return restarted
+        """Note each child that exited (logged with its exit code or signal and when it will
+        be started again) and start each one whose time has come; returns how many started."""
+        now = self.timer()
+        started = 0
+        for slot in self.slots:
+            if slot.child is not None and (code := slot.child.poll()) is not None:
+                self._exited(slot, slot.child.pid, code, now)
+            if slot.restart_at is not None and now >= slot.restart_at:
+                started += self._start(slot)
+        return started
+
+    def _exited(self, slot: _Slot, pid: int, code: int, now: float) -> None:
+        uptime = now - slot.started
+        delay = slot.ended(now, self.backoff)
+        how = {"exit_code": code} if code >= 0 else {"signal": _signal_name(-code)}
+        log.warning(
+            "workers.exited", index=slot.index, pid=pid, **how, uptime_seconds=round(uptime, 1),
+            exits_in_a_row=slot.failures, restart_in_seconds=delay,
+        )  # fmt: skip
 
     def reload(self) -> None:
         self._signal(signal.SIGHUP)
 
     def _signal(self, signum: int) -> None:
-        for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        for child in self._running():
+            child.send_signal(signum)
 
     def stop(self, timeout: float) -> bool:
         """SIGTERM every child and wait up to ``timeout`` seconds in all; SIGKILL those
-        still running then. True when every child exited by itself."""
+        still running then. True when every child exited by itself. Their last reports are
+        read (for up to what is left of ``timeout``)."""
+        running = self._running()
         self._signal(signal.SIGTERM)
         clean = True
         deadline = time.monotonic() + timeout
-        for child in self.children:
+        for child in running:
             try:
                 child.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
                 clean = False
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
         return clean
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -164,12 +306,45 @@ def _die_with_parent() -> None:
         pass
 
 
+class _Reporter:
+    """The child's end of the report pipe: after each recorded batch, one JSON ``Tally`` line
+    per channel and outcome. The pipe does not block: a send never waits on the daemon's
+    counters, and a line that does not fit (the daemon not reading) is dropped and logged.
+    Each line is one ``write`` of under ``PIPE_BUF`` bytes, so lines from several lanes
+    never interleave. A daemon that is gone (a broken pipe) is logged once; this process
+    stops soon after anyway."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+
+    def __call__(self, settled: Sequence[Settlement]) -> None:
+        for t in tally(settled):
+            fd = self._fd
+            if fd is None:
+                return
+            try:
+                os.write(fd, json.dumps(asdict(t)).encode() + b"\n")
+            except BlockingIOError:
+                log.warning("workers.report_dropped", channel=t.channel, outcome=t.outcome,
+                            contacts=t.contacts)  # fmt: skip
+            except OSError as exc:
+                self._fd = None
+                log.warning("workers.report_failed", error=str(exc))
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+
 class _Child:
     """One dispatch-only process: a thread per lane claiming and sending until stopped."""
 
     def __init__(
         self, settings: Settings, store: Store, clock: Callable[[], datetime], processes: int,
-        parent: int,
+        parent: int, report: _Reporter | None = None,
     ) -> None:  # fmt: skip
         from scheduler.daemon import build_lanes, dispatcher_for, load_rulebook, policy_channels
 
@@ -182,7 +357,7 @@ class _Child:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.dispatcher = dispatcher_for(
             settings, store=store, lanes=lanes, rulebook=lambda: self._book, clock=clock,
-            owner=self.owner, stop=self.stop,
+            owner=self.owner, stop=self.stop, on_settled=report,
         )  # fmt: skip
 
     def run(self) -> int:
@@ -259,12 +434,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--now", type=datetime.fromisoformat, default=None)
+    parser.add_argument("--report-fd", type=int, default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
     configure_logging(level=args.log_level)
     if os.getppid() != args.parent:  # the daemon died before we got here
         return 0
-    settings = load_settings(args.config)
     if args.now is not None:
         from scheduler.daemon import offset_clock
 
@@ -274,12 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         def clock() -> datetime:
             return datetime.now(UTC)
 
+    report = _Reporter(args.report_fd) if args.report_fd is not None else None
     try:
+        settings = load_settings(args.config)  # read again: it may have changed since
         with open_store(settings) as store:
-            return _Child(settings, store, clock, args.processes, args.parent).run()
+            return _Child(settings, store, clock, args.processes, args.parent, report).run()
     except RemindError as exc:
-        log.error("workers.failed", error=str(exc))
-        return 3
+        log.error("workers.failed", index=args.index, error=str(exc))
+        return _EXIT_INVALID if isinstance(exc, ConfigError | PolicyError) else _EXIT_ERROR
+    finally:
+        if report is not None:
+            report.close()
 
 
 if __name__ == "__main__":

@@ -7,14 +7,23 @@ import os
 import signal
 import time
 from collections import Counter
-from datetime import UTC, date, timedelta
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
 
 from channels.base import Message
 from channels.outbox import OutboxChannel
 from scheduler.config import load_settings
 from scheduler.daemon import build_lanes
+from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
+from scheduler.queue import Settlement
+from scheduler.workers import DispatchWorkers, RestartBackoff
 from tests.factories import account, local
 from tests.support.daemon import (
     DaemonProcess,
@@ -26,6 +35,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.gateway import LoopbackGateway
+from tests.support.smtp import free_port
 
 DUE = date(2026, 11, 23)
 ZONE = "Asia/Shanghai"
@@ -54,12 +64,43 @@ def _seeded(tmp_path: Path, config: Path) -> str:
     return url
 
 
+def _children_started(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e.get("event") == "workers.started"]
+
+
 def _children(daemon: DaemonProcess) -> list[int]:
-    return [e["pid"] for e in daemon.events() if e.get("event") == "workers.started"]
+    return [e["pid"] for e in _children_started(daemon)]
 
 
 def _ready_children(daemon: DaemonProcess) -> int:
     return sum(e.get("event") == "workers.ready" for e in daemon.events())
+
+
+def _exits(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e.get("event") == "workers.exited"]
+
+
+def _at(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["timestamp"])
+
+
+def _settled_metric(port: int, labels: str) -> float | None:
+    """``remind_contacts_settled_total{labels}`` as the daemon's /metrics serves it."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -86,8 +127,9 @@ def _sent_once(url: str, gateway: LoopbackGateway) -> list[str]:
 def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
     tmp_path: Path,
 ) -> None:
+    port = free_port()
     with LoopbackGateway(faults={"slow_ms": 200}) as gateway:
-        config = _config(tmp_path, gateway.url)
+        config = _config(tmp_path, gateway.url, extra=f"metrics_port = {port}\n")
         url = _seeded(tmp_path, config)
         # Given a daemon with two dispatching processes (itself and one child; the gateway
         # is slow until the child has started, so the daemon cannot finish alone)
@@ -96,6 +138,9 @@ def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
         gateway.set_faults({"slow_ms": 5})
         daemon.wait_for(lambda: statuses(url).get("sent", 0) >= N)
         children = _children(daemon)
+        # (and the daemon's Prometheus endpoint counts every send, the child's too)
+        sent = 'channel="sms",outcome="sent"'
+        daemon.wait_for(lambda: _settled_metric(port, sent) == N, timeout=10)
         # When it is stopped with SIGTERM
         started = time.monotonic()
         assert daemon.stop() == 0
@@ -153,6 +198,99 @@ def test_a_child_that_dies_is_replaced(tmp_path: Path) -> None:
         daemon.wait_for(lambda: len(_children(daemon)) == 2, timeout=30)
         assert any(e.get("event") == "workers.exited" for e in daemon.events())
         assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("failures", "uptime", "after"),
+    [
+        (0, 0.4, (1, 1.0)),  # the first exit: 1 s
+        (1, 0.4, (2, 2.0)),
+        (2, 0.4, (3, 4.0)),
+        (6, 12.0, (7, 60.0)),  # 64 s, capped
+        (50_000, 0.4, (50_001, 60.0)),  # months of failing: still 60 s
+        (7, 299.9, (8, 60.0)),
+        (7, 300.0, (1, 1.0)),  # up 5 minutes: a new row
+    ],
+)
+def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_stable_run(
+    failures: int, uptime: float, after: tuple[int, float]
+) -> None:
+    assert RestartBackoff().after_exit(failures, uptime) == after
+
+
+def test_a_child_failing_at_start_is_restarted_only_when_its_backoff_is_over(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    settings = load_settings(config)
+    # Given a config.toml broken after it was loaded: each child reads it again, and fails
+    config.write_text("[daemon\n")
+    now = [100.0]
+    with (tmp_path / "children.log").open("w") as out, capture_logs() as logs:
+        workers = DispatchWorkers(settings, count=1, clock=lambda: NOON, log=out,
+                                  timer=lambda: now[0])  # fmt: skip
+        workers.start()
+        for expected in (1.0, 2.0, 4.0, 8.0):
+            # When the child has exited, the exit is noted but no child starts yet
+            _until(workers.due)
+            assert workers.check() == 0
+            exited = [e for e in logs if e["event"] == "workers.exited"][-1]
+            assert exited["restart_in_seconds"] == expected and exited["exit_code"] == 2
+            # nor until the backoff is over, on the workers' own timer
+            now[0] += expected - 0.5
+            assert not workers.due() and workers.check() == 0
+            now[0] += 0.5
+            assert workers.due() and workers.check() == 1
+        # and a child that exits after 5 minutes up waits 1 s again
+        now[0] += 300
+        _until(workers.due)
+        assert workers.check() == 0
+        exited = [e for e in logs if e["event"] == "workers.exited"][-1]
+        assert exited["restart_in_seconds"] == 1.0 and exited["exits_in_a_row"] == 1
+        assert workers.stop(5)
+    assert "not valid TOML" in (tmp_path / "children.log").read_text()
+
+
+def test_a_child_that_keeps_failing_is_restarted_ever_later_and_comes_back_once_fixed(
+    tmp_path: Path,
+) -> None:
+    with LoopbackGateway() as gateway:
+        config = _config(tmp_path, gateway.url)
+        good = config.read_text()
+        # Given a daemon with one dispatch child
+        daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log")
+        daemon.wait_for(lambda: _ready_children(daemon) == 1)
+        # When config.toml is broken by an edit, and then the child dies
+        config.write_text(good.replace("[daemon]", "[daemon", 1))
+        os.kill(_children(daemon)[0], signal.SIGKILL)
+        daemon.wait_for(lambda: len(_exits(daemon)) >= 4, timeout=60)
+        # Then each new child fails at start (its config is invalid: exit code 2), and the
+        # daemon starts the next one 1, 2, then 4 s after each exit, as it logs, not at once
+        exits, starts = _exits(daemon)[:4], _children_started(daemon)[1:]
+        assert exits[0]["signal"] == "SIGKILL"
+        assert [e["exit_code"] for e in exits[1:]] == [2, 2, 2]
+        assert [e["restart_in_seconds"] for e in exits] == [1, 2, 4, 8]
+        for exited, started in zip(exits, starts, strict=False):
+            waited = (_at(started) - _at(exited)).total_seconds()
+            assert exited["restart_in_seconds"] - 0.05 < waited < exited["restart_in_seconds"] + 2
+        failed = [e for e in daemon.events() if e.get("event") == "workers.failed"]
+        assert "not valid TOML" in failed[0]["error"]
+        # and once config.toml is fixed, the next start (8 s after the last exit) stays up
+        config.write_text(good)
+        daemon.wait_for(lambda: _ready_children(daemon) == 2, timeout=30)
+        assert daemon.stop() == 0
+
+
+def test_a_recorded_batch_is_reported_as_counts_by_channel_and_outcome() -> None:
+    def settled(channel: str, event: str, breach: bool = False) -> Settlement:
+        return Settlement("c", "A", "sent", event, 1, sla_breach=breach, channel=channel)
+
+    batch = [settled("sms", "sent"), settled("sms", "sent", breach=True),
+             settled("sms", "skipped"), settled("email", "sent")]  # fmt: skip
+    assert sorted(tally(batch), key=lambda t: (t.channel, t.outcome)) == [
+        Tally("email", "sent", 1), Tally("sms", "sent", 2, sla_breaches=1),
+        Tally("sms", "skipped", 1),
+    ]  # fmt: skip
 
 
 def test_each_process_keeps_to_its_share_of_the_provider_rate(tmp_path: Path) -> None:
