@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import cast
+from typing import TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from policies.hours import Span, intersect, to_utc
@@ -49,6 +49,7 @@ from scheduler.models import (
     Reason,
     SuppressedContact,
     Verdict,
+    contact_id,
     contact_id_of,
     contact_id_tail,
 )
@@ -117,7 +118,7 @@ def plan(
         if key is not None and key in shared:
             like = shared[key]
             if like is not None:
-                like.add_for(account.account_id, planned, suppressed, handover)
+                like.add_for(account, planned, suppressed, handover)
             continue
         days = _plan_days(now, account, past, policies, horizon, explain)
         if key is not None:
@@ -136,66 +137,96 @@ def plan(
 
 
 def _shared_key(account: Account, history: AccountHistory) -> tuple[object, ...] | None:
-    """Everything the plan of ``account`` depends on but its id, when that is little: no
-    history, no emergency contacts (their numbers are targets), not paid in full (the hold
-    names the amounts). Accounts with equal keys get the same plan, but for the account
-    and contact ids, and are planned once (``None``: this account's plan is its own).
-    tests/test_planner_properties.py holds ``plan`` to planning each account alone."""
+    """Everything the plan of ``account`` depends on but its id and its emergency contacts'
+    numbers, when that is little: no history, not paid in full (the hold names the
+    amounts). Accounts with equal keys get the same plan, but for the account id, the
+    numbers (the targets) and the contact ids, and are planned once (``None``: this
+    account's plan is its own). tests/test_planner_properties.py holds ``plan`` to planning
+    each account alone."""
     if history.contacts or history.promises or history.removed_contacts:
         return None
-    if account.emergency_contacts or account.paid_in_full:
+    if account.paid_in_full:
         return None
-    return (_planned_on(account), not account.phone, not account.email)
+    numbers = account.emergency_contacts
+    if len(set(numbers)) < len(numbers):
+        return None  # targets that could not be told apart
+    return (_planned_on(account), len(numbers), not account.phone, not account.email)
 
 
+_BORROWER = "borrower"
 #: The fields of an ``Account`` with no history that is not paid in full which its plan
-#: does not depend on (of the addresses, only whether there is one). Every other field is
-#: in ``_shared_key``: one added to ``Account`` later tells accounts apart until it is
-#: named here.
+#: does not depend on (of the addresses, only whether there is one; of the emergency
+#: contacts, how many). Every other field is in ``_shared_key``: one added to ``Account``
+#: later tells accounts apart until it is named here.
 _NOT_PLANNED_ON = frozenset(
-    {"account_id", "name", "phone", "email", "language", "currency", "amount_due", "amount_paid"}
-)
+    {"account_id", "name", "phone", "email", "language", "currency", "amount_due",
+     "amount_paid", "emergency_contacts"}
+)  # fmt: skip
 _planned_on = attrgetter(*(f.name for f in fields(Account) if f.name not in _NOT_PLANNED_ON))
 
 
 @dataclass(frozen=True, slots=True)
 class _Shared:
-    """One account's plan, as the plan of every account with the same ``_shared_key``:
-    each contact with the ``contact_id_tail`` its copies' ids are made from."""
+    """One account's plan, as the plan of every account with the same ``_shared_key``: each
+    contact with its step, its target (``None``: the borrower; else which emergency
+    contact) and the ``contact_id_tail`` its copies' ids are made from (for the borrower)."""
 
-    planned: tuple[tuple[PlannedContact, bytes], ...]
-    suppressed: tuple[tuple[SuppressedContact, bytes], ...]
+    planned: tuple[tuple[PlannedContact, int, int | None, bytes], ...]
+    suppressed: tuple[tuple[SuppressedContact, int, int | None, bytes], ...]
+    due_date: date
     handover: bool
 
     @classmethod
     def of(cls, days: _AccountDays) -> _Shared:
+        due, numbers = days.account.due_date, days.account.emergency_contacts
+
+        def entry(c: _C, step: int) -> tuple[_C, int, int | None, bytes]:
+            which = None if c.target == _BORROWER else numbers.index(c.target)
+            return c, step, which, contact_id_tail(c.rule, due, step, c.target)
+
         return cls(
-            tuple(zip(days.planned, days.planned_tails, strict=True)),
-            tuple(zip(days.suppressed, days.suppressed_tails, strict=True)),
+            tuple(entry(c, c.step) for c in days.planned),
+            tuple(
+                entry(c, step)
+                for c, step in zip(days.suppressed, days.suppressed_steps, strict=True)
+            ),
+            due,
             days.handover,
         )
 
     def add_for(
         self,
-        account_id: str,
+        account: Account,
         planned: list[PlannedContact],
         suppressed: list[SuppressedContact],
         handover: list[str],
     ) -> None:
-        """Append this plan's contacts, made for ``account_id``."""
-        planned += (
-            PlannedContact(contact_id_of(account_id, tail), account_id, c.channel, c.rule,
-                           c.target, c.due_date, c.step, c.window_start, c.window_end,
-                           c.template, c.priority, c.sla_risk, c.note)
-            for c, tail in self.planned
-        )  # fmt: skip
-        suppressed += (
-            SuppressedContact(account_id, c.channel, c.rule, c.target, c.window_start,
-                              c.window_end, c.reason, c.detail, contact_id_of(account_id, tail))
-            for c, tail in self.suppressed
-        )  # fmt: skip
+        """Append this plan's contacts, made for ``account``."""
+        aid, numbers = account.account_id, account.emergency_contacts
+        for c, step, which, tail in self.planned:
+            target = c.target
+            if which is not None:
+                target = numbers[which]
+                tail = contact_id_tail(c.rule, self.due_date, step, target)
+            planned.append(
+                PlannedContact(contact_id_of(aid, tail), aid, c.channel, c.rule, target,
+                               c.due_date, step, c.window_start, c.window_end, c.template,
+                               c.priority, c.sla_risk, c.note)
+            )  # fmt: skip
+        for s, step, which, tail in self.suppressed:
+            target = s.target
+            if which is not None:
+                target = numbers[which]
+                tail = contact_id_tail(s.rule, self.due_date, step, target)
+            suppressed.append(
+                SuppressedContact(aid, s.channel, s.rule, target, s.window_start, s.window_end,
+                                  s.reason, s.detail, contact_id_of(aid, tail))
+            )  # fmt: skip
         if self.handover:
-            handover.append(account_id)
+            handover.append(aid)
+
+
+_C = TypeVar("_C", PlannedContact, SuppressedContact)
 
 
 def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]:
@@ -331,9 +362,8 @@ class _AccountDays:
         self.ledger: CapLedger | None = None
         self.planned: list[PlannedContact] = []
         self.suppressed: list[SuppressedContact] = []
-        #: The ``contact_id_tail`` of each planned and suppressed contact, in order.
-        self.planned_tails: list[bytes] = []
-        self.suppressed_tails: list[bytes] = []
+        #: The step of each suppressed contact, in order (a ``SuppressedContact`` has none).
+        self.suppressed_steps: list[int] = []
         self.handover = False
         self.decisions: list[Decision] = []
         past = history.contacts
@@ -593,11 +623,11 @@ class _AccountDays:
             note = (
                 note + "; " if note else ""
             ) + f"only if {rule.fallback_for} did not reach the borrower"
-        tail = contact_id_tail(rule.id, self.account.due_date, c.step, c.target)
-        self.planned_tails.append(tail)
         self.planned.append(
             PlannedContact(
-                contact_id=contact_id_of(self.account.account_id, tail),
+                contact_id=contact_id(
+                    self.account.account_id, rule.id, self.account.due_date, c.step, c.target
+                ),
                 account_id=self.account.account_id,
                 channel=rule.channel,
                 rule=rule.id,
@@ -626,8 +656,7 @@ class _AccountDays:
 
     def _suppress(self, c: _Candidate, hold: Hold) -> None:
         zone = self.zone_name
-        tail = contact_id_tail(c.rule.id, self.account.due_date, c.step, c.target)
-        self.suppressed_tails.append(tail)
+        self.suppressed_steps.append(c.step)
         self.suppressed.append(
             SuppressedContact(
                 account_id=self.account.account_id,
@@ -638,7 +667,9 @@ class _AccountDays:
                 window_end=to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),
                 reason=hold.reason,
                 detail=hold.sentence,
-                contact_id=contact_id_of(self.account.account_id, tail),
+                contact_id=contact_id(
+                    self.account.account_id, c.rule.id, self.account.due_date, c.step, c.target
+                ),
             )
         )
         if self.explain:

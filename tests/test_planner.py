@@ -299,6 +299,32 @@ def test_emergency_contacts_only_after_seven_days_without_reaching_the_borrower(
     assert reasons(untried)["emergency_contact_call"] == "borrower_not_yet_unreachable"
 
 
+def test_accounts_alike_each_get_their_own_ids_and_their_own_emergency_contacts() -> None:
+    # Given three accounts at DPD 31 alike in all the plan depends on, each with two
+    # emergency contacts of its own (the planner plans such accounts once)
+    numbers = [("+8613900000001", "+8613900000002"), ("+8613900000003", "+8613900000004"),
+               ("+8613900000002", "+8613900000001")]  # fmt: skip
+    alike = [
+        account(f"E{k}", due_date=DAY - timedelta(days=31), emergency_contacts=pair)
+        for k, pair in enumerate(numbers)
+    ]
+    # When they are planned together
+    result = plan_day(*alike)
+    # Then each account's contacts name its own numbers and carry ids of their own, as
+    # planning each alone gives
+    third = {
+        (s.account_id, s.target) for s in result.suppressed if s.rule == "emergency_contact_call"
+    }
+    assert third == {(a.account_id, n) for a in alike for n in a.emergency_contacts}
+    alone = [plan_day(a) for a in alike]
+    assert result.planned == tuple(c for p in alone for c in p.planned)
+    assert sorted(result.suppressed, key=lambda s: s.contact_id) == sorted(
+        (s for p in alone for s in p.suppressed), key=lambda s: s.contact_id
+    )
+    ids = [c.contact_id for c in (*result.planned, *result.suppressed)]
+    assert len(set(ids)) == len(ids)
+
+
 def test_past_the_handover_line_nothing_is_planned_and_the_account_is_listed() -> None:
     result = plan_day(account("OLD", due_date=DAY - timedelta(days=91)))
     assert result.planned == () and result.handover == ("OLD",)

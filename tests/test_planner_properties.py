@@ -289,8 +289,8 @@ def test_an_emergency_contact_removed_for_good_is_never_planned(case: Case) -> N
 #: and 31-90 ladders, hand-over).
 FIRING_DPDS = [-3, -1, 0, 1, 2, 3, 4, 31, 38, 95]
 #: What a plan depends on besides history, each with the values drawn (the usual ones more
-#: often): due date (as DPD on the day), zones, country, flags, status, product, and which
-#: addresses exist.
+#: often): due date (as DPD on the day), zones, country, flags, status, product, which
+#: addresses exist, whether there are emergency contacts.
 KEY_POOLS: tuple[list[Any], ...] = (
     FIRING_DPDS,
     [zones for zones, _ in ZONE_SETS],
@@ -303,7 +303,9 @@ KEY_POOLS: tuple[list[Any], ...] = (
     [True, True, True, False],  # has a phone
     [True, True, True, False],  # the phone is valid
     [True, True, False],  # has an email
+    [False, True],  # may have emergency contacts (some, all or none of NUMBERS, any order)
 )  # fmt: skip
+NUMBERS = ["+8613912345678", "+8613912340000", "+12015550199"]
 LookalikeCase = tuple[datetime, Horizon, list[Account], dict[str, AccountHistory]]
 
 
@@ -339,7 +341,7 @@ def lookalikes(draw: st.DrawFn) -> LookalikeCase:
     accounts: list[Account] = []
     history: dict[str, AccountHistory] = {}
     for index, fields in enumerate(v for v in variants for _ in range(draw(st.integers(2, 3)))):
-        dpd, zones, country, flags, status, product, phone, phone_valid, email = fields
+        dpd, zones, country, flags, status, product, phone, phone_valid, email, emergency = fields
         amount = Decimal(draw(st.integers(2, 5000)))
         account = Account(
             account_id=f"L{draw(st.integers(0, 10**6))}-{index}",
@@ -357,7 +359,9 @@ def lookalikes(draw: st.DrawFn) -> LookalikeCase:
             currency=draw(st.sampled_from(["", "CNY", "USD"])),
             status=status,
             flags=flags,
-            emergency_contacts=("+8613912345678",) if draw(st.integers(0, 4)) == 0 else (),
+            emergency_contacts=tuple(
+                draw(st.lists(st.sampled_from(NUMBERS), max_size=2 if emergency else 0))
+            ),
         )
         accounts.append(account)
         if draw(st.integers(0, 4)) == 0:
