@@ -106,6 +106,32 @@ def test_sends_sms_and_email_skips_the_payer_and_drains_on_sigterm(
     assert any(e.get("event") == "daemon.stopped" for e in daemon.events())
 
 
+def test_a_second_sigterm_while_draining_still_lets_the_sends_in_flight_finish(
+    tmp_path: Path, gateway: LoopbackGateway
+) -> None:
+    url = f"sqlite:///{tmp_path / 'remind.db'}"
+    config = write_config(tmp_path, store_url=url, channels=channels(gateway.url))
+    seed(url, [account(f"S{i}", due_date=DUE, email=None) for i in range(3)], MORNING)
+    assert remind(config, "run", "--once", now=MORNING, env=ENV).returncode == 0
+    # Given a gateway that takes 1.5 s to answer, and the daemon's three sends in flight
+    # (delivered, the answers not yet back)
+    gateway.set_faults({"script": [{"accept_then_timeout": 1.5}] * 3})
+    daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log", env=ENV)
+    daemon.wait_for(lambda: len(gateway.deliveries()) == 3)
+    # When an impatient operator sends SIGTERM twice
+    daemon.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    daemon.signal(signal.SIGTERM)
+    # Then the daemon still drains: it exits 0 with the three sends recorded (the later
+    # days' contacts stay planned), nothing left claimed
+    assert daemon.stop() == 0
+    found = statuses(url)
+    assert found["sent"] == 3 and "claimed" not in found
+    assert len(gateway.requests()) == 3  # none sent again
+    stopped = [e for e in daemon.events() if e.get("event") == "daemon.stopped"]
+    assert stopped and stopped[0]["released"] == 0
+
+
 def test_sighup_with_a_broken_policy_keeps_the_old_one(
     tmp_path: Path, gateway: LoopbackGateway
 ) -> None:
