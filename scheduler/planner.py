@@ -104,6 +104,8 @@ def plan(
     ``history`` maps account ids to what already happened (accounts absent have none).
     Returns planned and suppressed contacts sorted by window start then account, the
     accounts due for hand-over, and (with ``explain``) every rule's decision per account.
+    Accounts alike in all their plan depends on (``_shared_key``) are planned once; the
+    result is the same as planning each alone.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
