@@ -17,11 +17,13 @@ APScheduler only drives ticks; the schedule itself is the contacts table.
 Signals: SIGTERM/SIGINT stop claiming, let in-flight sends finish for up to
 ``drain_seconds``, release what is left, and exit 0. SIGHUP reloads config.toml's policy
 directory and the templates; an invalid reload is logged with file, key and line and the
-previous rulebook stays in force.
+previous rulebook stays in force. SIGUSR1 writes every thread's stack to stderr (the
+journal), in the daemon and in each dispatch child: for a process that seems stuck.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import logging
 import os
@@ -567,6 +569,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck daemon
 
 
 def policy_channels(book: Rulebook) -> set[Channel]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -364,6 +365,7 @@ class _Child:
         signal.signal(signal.SIGTERM, lambda _s, _f: self.stop.set())
         signal.signal(signal.SIGINT, lambda _s, _f: self.stop.set())
         signal.signal(signal.SIGHUP, self._hup)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck child
         threads = [
             threading.Thread(target=self._lane, args=(kind,), name=f"dispatch-{kind}")
             for kind in self.dispatcher.lanes

@@ -112,6 +112,36 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _stacks(daemon: DaemonProcess, pids: list[int]) -> str:
+    """What ``pids`` (remind processes logging to ``daemon``'s log) are doing: SIGUSR1 makes
+    each write its threads' stacks there."""
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(1)
+    return f"processes {pids} still running; their stacks:\n" + daemon.log_path.read_text()[-8000:]
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    with LoopbackGateway() as gateway:
+        config = _config(tmp_path, gateway.url)
+        url = _seeded(tmp_path, config)
+        daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log")
+        daemon.wait_for(lambda: _ready_children(daemon) == 1)
+        # When an operator asks the daemon and its child where they are
+        child = _children(daemon)[0]
+        daemon.signal(signal.SIGUSR1)
+        os.kill(child, signal.SIGUSR1)
+        # Then both write their threads' stacks to the log (the journal under systemd)
+        # (the daemon's main thread serving, the child's lane threads dispatching)
+        daemon.wait_for(lambda: "in _serve" in (text := daemon.log_path.read_text())
+                        and "in _lane" in text)  # fmt: skip
+        # and go on: the child was not stopped, every contact is sent, both stop cleanly
+        daemon.wait_for(lambda: statuses(url).get("sent", 0) >= N)
+        assert _exits(daemon) == [] and _children(daemon) == [child]
+        assert daemon.stop() == 0
+        assert not _alive(child)
+
+
 def _sent_once(url: str, gateway: LoopbackGateway) -> list[str]:
     rows = contact_rows(url, "contact_id", "status", "window_start")
     today = [r for r in rows if r.window_start < NOON.astimezone(UTC) + timedelta(hours=12)]
@@ -178,7 +208,8 @@ def test_a_killed_daemon_takes_its_children_along_and_a_restart_finishes_the_wor
         deadline = time.monotonic() + 40
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in children)
+        stuck = [pid for pid in children if _alive(pid)]
+        assert not stuck, _stacks(first, stuck)
         # and a restarted daemon is not refused, and finishes the work with nothing doubled
         gateway.set_faults({"slow_ms": 5})
         second = DaemonProcess(config, NOON, tmp_path / "second.log")
