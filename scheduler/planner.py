@@ -206,26 +206,38 @@ class _Shared:
         """Append this plan's contacts, made for ``account``."""
         aid, numbers = account.account_id, account.emergency_contacts
         for c, step, which, tail in self.planned:
-            target = c.target
-            if which is not None:
-                target = numbers[which]
-                tail = contact_id_tail(c.rule, self.due_date, step, target)
+            target, cid = self._target_and_id(aid, numbers, c, step, which, tail)
             planned.append(
-                PlannedContact(contact_id_of(aid, tail), aid, c.channel, c.rule, target,
-                               c.due_date, step, c.window_start, c.window_end, c.template,
-                               c.priority, c.sla_risk, c.note)
+                PlannedContact(cid, aid, c.channel, c.rule, target, c.due_date, step,
+                               c.window_start, c.window_end, c.template, c.priority,
+                               c.sla_risk, c.note)
             )  # fmt: skip
         for s, step, which, tail in self.suppressed:
-            target = s.target
-            if which is not None:
-                target = numbers[which]
-                tail = contact_id_tail(s.rule, self.due_date, step, target)
+            target, cid = self._target_and_id(aid, numbers, s, step, which, tail)
             suppressed.append(
                 SuppressedContact(aid, s.channel, s.rule, target, s.window_start, s.window_end,
-                                  s.reason, s.detail, contact_id_of(aid, tail))
+                                  s.reason, s.detail, cid)
             )  # fmt: skip
         if self.handover:
             handover.append(aid)
+
+    def _target_and_id(
+        self,
+        account_id: str,
+        numbers: tuple[str, ...],
+        c: PlannedContact | SuppressedContact,
+        step: int,
+        which: int | None,
+        tail: bytes,
+    ) -> tuple[str, str]:
+        """The target and contact id of copy ``c`` for ``account_id``: the borrower's id
+        from the stored tail, an emergency contact's from that account's own number."""
+        if which is None:
+            return c.target, contact_id_of(account_id, tail)
+        target = numbers[which]
+        return target, contact_id_of(
+            account_id, contact_id_tail(c.rule, self.due_date, step, target)
+        )
 
 
 _C = TypeVar("_C", PlannedContact, SuppressedContact)
