@@ -59,6 +59,7 @@ __all__ = [
     "first_contact_catch_up",
     "follow_up_rules",
     "merge_plans",
+    "merge_shard_plans",
     "plan",
     "plan_account",
     "rules_on",
@@ -269,6 +270,32 @@ def merge_plans(parts: Sequence[Plan]) -> Plan:
         tuple(sorted(key for p in parts for key in p.handover)),
         decisions,
     )
+
+
+def merge_shard_plans(parts: Sequence[Plan]) -> Plan:
+    """``merge_plans`` of the plans of account_id ranges given in ascending order (every
+    account of a part below every account of the next), as shards are: contacts at the
+    same time then already come part by part in account order, so a stable sort of the
+    parts one after the other by time alone gives ``plan``'s order."""
+    if len(parts) == 1:
+        return parts[0]
+    decisions: dict[str, tuple[Decision, ...]] = {}
+    for part in parts:
+        decisions.update(part.decisions)
+    planned = [c for p in parts for c in p.planned]
+    suppressed = [c for p in parts for c in p.suppressed]
+    planned.sort(key=_start)
+    suppressed.sort(key=_start)
+    return Plan(
+        tuple(planned),
+        tuple(suppressed),
+        tuple(key for p in parts for key in p.handover),
+        decisions,
+    )
+
+
+def _start(c: PlannedContact | SuppressedContact) -> float:
+    return c.window_start.timestamp()
 
 
 def plan_account(

@@ -32,7 +32,7 @@ from scheduler.models import (
 from scheduler.planner import (
     FIRST_CONTACT_SEARCH_DAYS,
     follow_up_rules,
-    merge_plans,
+    merge_shard_plans,
     plan,
     rules_on,
 )
@@ -146,23 +146,26 @@ def plan_from_store(
     if workers > 1 and location is not None:
         splits = store.account_id_splits(workers, min_per_part=SHARD_MIN_ACCOUNTS)
     if location is None or not splits:
-        return _plan_range(store, policies, horizon, now, ALL_IDS)
+        with collector_paused():
+            return _plan_range(store, policies, horizon, now, ALL_IDS)
     bounds: list[str | None] = [None, *splits, None]
     ranges = [(bounds[n], bounds[n + 1]) for n in range(len(bounds) - 1)]
-    with _Workers(context, len(ranges)) as pool:
+    with _Workers(context, len(ranges)) as pool, collector_paused():
         for number, id_range in enumerate(ranges[1:], 2):
             pool.start(number, _ShardTask(location, policies, horizon, now, id_range))
         considered, first = _plan_range(store, policies, horizon, now, ranges[0])
         results = pool.results()
-    return considered + sum(n for n, _ in results), merge_plans([first, *(p for _, p in results)])
+        return (
+            considered + sum(n for n, _ in results),
+            merge_shard_plans([first, *(p for _, p in results)]),
+        )
 
 
 def _plan_range(
     store: Store, policies: PolicySet, horizon: Horizon, now: datetime, id_range: IdRange
 ) -> tuple[int, Plan]:
-    with collector_paused():
-        accounts, history = load_for_plan(store, policies, horizon, now, None, id_range=id_range)
-        return len(accounts), plan(now, accounts, history, policies, horizon)
+    accounts, history = load_for_plan(store, policies, horizon, now, None, id_range=id_range)
+    return len(accounts), plan(now, accounts, history, policies, horizon)
 
 
 @contextmanager
@@ -170,8 +173,9 @@ def collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for the block (reference counting goes on).
     A plan's load and planning make hundreds of thousands of objects that stay alive and
     hold no cycles: the collector's passes over them freed nothing and took a third of the
-    load's CPU time and a seventh of the planning's at 1M accounts. Process-wide: in the
-    daemon, other threads' cycles wait until the tick ends."""
+    load's CPU time and a seventh of the planning's at 1M accounts (and, when a shard's plan
+    went to and from its wire form outside the block, half the time of that). Process-wide:
+    in the daemon, other threads' cycles wait until the tick ends."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -246,7 +250,8 @@ def _from_wire(wire: _Wire) -> tuple[int, Plan]:
 def _shard_main(conn: Connection, task: _ShardTask) -> None:
     """A worker process's entry point: send back ``("ok", wire)`` or ``("error", exc)``."""
     try:
-        result = _to_wire(*_plan_shard(task))
+        with collector_paused():
+            result = _to_wire(*_plan_shard(task))
     except BaseException as exc:  # every failure goes back to the parent, which raises it
         failure: BaseException = exc
         try:

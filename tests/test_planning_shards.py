@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 from collections.abc import Iterator
+from itertools import pairwise
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ from scheduler.errors import RemindError, StoreError
 from scheduler.importer import Defaults, import_accounts
 from scheduler.models import Flag, Horizon, Plan, contact_id
 from scheduler.notify import Notifier
-from scheduler.planner import merge_plans, plan
+from scheduler.planner import merge_plans, merge_shard_plans, plan
 from scheduler.planning import load_for_plan, plan_from_store
 from scheduler.report import write_jsonl
 from scheduler.sample import generate_portfolio, write_csv
@@ -166,6 +167,19 @@ def test_merge_plans_of_shards_keeps_plan_order(portfolio: Store) -> None:
     ordered = sorted(found, key=lambda a: a.account_id)
     parts = [plan(NOW, ordered[n::3], history, policies, HORIZON) for n in range(3)]
     assert merge_plans(parts) == whole
+
+
+def test_merge_shard_plans_of_id_ranges_in_order_keeps_plan_order(portfolio: Store) -> None:
+    policies = shipped_policies()
+    found, history = load_for_plan(portfolio, policies, HORIZON, NOW, None)
+    whole = plan(NOW, found, history, policies, HORIZON)
+    ordered = sorted(found, key=lambda a: a.account_id)
+    cuts = [0, len(ordered) // 3, 2 * len(ordered) // 3, len(ordered)]
+    parts = [plan(NOW, ordered[a:b], history, policies, HORIZON) for a, b in pairwise(cuts)]
+    starts = [c.window_start for c in whole.planned]
+    assert len(set(starts)) < len(starts) / 2  # many contacts share a start: ties are ordered
+    assert merge_shard_plans(parts) == whole
+    assert merge_shard_plans(parts[::-1]) != whole  # it relies on the parts' order
 
 
 def test_history_of_many_ids_is_read_as_one_range(

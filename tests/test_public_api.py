@@ -26,6 +26,7 @@ MODULES = {
         "first_contact_catch_up",
         "follow_up_rules",
         "merge_plans",
+        "merge_shard_plans",
         "plan",
         "plan_account",
         "rules_on",
