@@ -10,9 +10,9 @@ import multiprocessing
 import os
 import random
 from collections.abc import Iterator
-from itertools import pairwise
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
