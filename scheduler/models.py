@@ -8,10 +8,12 @@ All ``datetime`` values are timezone-aware; stored ones are UTC.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypeVar, cast
 
 __all__ = [
     "CHANNEL_FLAGS",
@@ -37,6 +39,7 @@ __all__ = [
     "contact_id",
     "contact_id_of",
     "contact_id_tail",
+    "positional_builder",
 ]
 
 
@@ -366,3 +369,27 @@ class Plan:
     suppressed: tuple[SuppressedContact, ...] = ()
     handover: tuple[str, ...] = ()
     decisions: dict[str, tuple[Decision, ...]] = field(default_factory=dict)
+
+
+_V = TypeVar("_V")
+
+
+def positional_builder(cls: type[_V]) -> Callable[..., _V]:
+    """What ``cls(*values)`` makes, for the value types made by the hundred thousand in a
+    plan (accounts loaded, contacts planned), at half the cost: every field given, in field
+    order. A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; the builder calls each slot's own setter (1.6 -> 0.8 us for an
+    ``Account``). Only for frozen, slotted dataclasses with no ``__post_init__`` (so
+    ``__init__`` does nothing but set the fields): anything else raises ``TypeError``."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__} is not a frozen, slotted dataclass")
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}.__post_init__ would be skipped")
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    scope: dict[str, object] = {"_new": object.__new__, "_cls": cls}
+    scope.update({f"_set_{name}": getattr(cls, name).__set__ for name in names})
+    body = "".join(f"    _set_{name}(obj, {name})\n" for name in names)
+    source = f"def build({', '.join(names)}):\n    obj = _new(_cls)\n{body}    return obj\n"
+    exec(source, scope)  # one line per field, as dataclasses writes __init__
+    return cast("Callable[..., _V]", scope["build"])

@@ -52,6 +52,7 @@ from scheduler.models import (
     contact_id,
     contact_id_of,
     contact_id_tail,
+    positional_builder,
 )
 
 __all__ = [
@@ -209,15 +210,15 @@ class _Shared:
         for c, step, which, tail in self.planned:
             target, cid = self._target_and_id(aid, numbers, c, step, which, tail)
             planned.append(
-                PlannedContact(cid, aid, c.channel, c.rule, target, c.due_date, step,
-                               c.window_start, c.window_end, c.template, c.priority,
-                               c.sla_risk, c.note)
+                new_planned(cid, aid, c.channel, c.rule, target, c.due_date, step,
+                            c.window_start, c.window_end, c.template, c.priority, c.sla_risk,
+                            c.note)
             )  # fmt: skip
         for s, step, which, tail in self.suppressed:
             target, cid = self._target_and_id(aid, numbers, s, step, which, tail)
             suppressed.append(
-                SuppressedContact(aid, s.channel, s.rule, target, s.window_start, s.window_end,
-                                  s.reason, s.detail, cid)
+                new_suppressed(aid, s.channel, s.rule, target, s.window_start, s.window_end,
+                               s.reason, s.detail, cid)
             )  # fmt: skip
         if self.handover:
             handover.append(aid)
@@ -242,6 +243,11 @@ class _Shared:
 
 
 _C = TypeVar("_C", PlannedContact, SuppressedContact)
+#: ``PlannedContact(*fields)`` and ``SuppressedContact(*fields)``, every field in order, at
+#: half the cost: a plan makes one per contact (200k at 1M accounts), and so does the
+#: rebuild of a shard's plan (``scheduler.planning``).
+new_planned = positional_builder(PlannedContact)
+new_suppressed = positional_builder(SuppressedContact)
 
 
 def _order(c: PlannedContact | SuppressedContact) -> tuple[float, str, str, str]:
@@ -664,23 +670,22 @@ class _AccountDays:
             note = (
                 note + "; " if note else ""
             ) + f"only if {rule.fallback_for} did not reach the borrower"
+        account = self.account
         self.planned.append(
-            PlannedContact(
-                contact_id=contact_id(
-                    self.account.account_id, rule.id, self.account.due_date, c.step, c.target
-                ),
-                account_id=self.account.account_id,
-                channel=rule.channel,
-                rule=rule.id,
-                target=c.target,
-                due_date=self.account.due_date,
-                step=c.step,
-                window_start=start.astimezone(self.zone),
-                window_end=end.astimezone(self.zone),
-                template=rule.template_name,
-                priority=rule.priority,
-                sla_risk=item.sla_risk,
-                note=note,
+            new_planned(
+                contact_id(account.account_id, rule.id, account.due_date, c.step, c.target),
+                account.account_id,
+                rule.channel,
+                rule.id,
+                c.target,
+                account.due_date,
+                c.step,
+                start.astimezone(self.zone),  # window_start
+                end.astimezone(self.zone),  # window_end
+                rule.template_name,
+                rule.priority,
+                item.sla_risk,
+                note,
             )
         )
         if self.explain:
@@ -698,19 +703,18 @@ class _AccountDays:
     def _suppress(self, c: _Candidate, hold: Hold) -> None:
         zone = self.zone_name
         self.suppressed_steps.append(c.step)
+        account = self.account
         self.suppressed.append(
-            SuppressedContact(
-                account_id=self.account.account_id,
-                channel=c.rule.channel,
-                rule=c.rule.id,
-                target=c.target,
-                window_start=to_utc(c.nominal_day, c.rule.at, zone).astimezone(self.zone),
-                window_end=to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),
-                reason=hold.reason,
-                detail=hold.sentence,
-                contact_id=contact_id(
-                    self.account.account_id, c.rule.id, self.account.due_date, c.step, c.target
-                ),
+            new_suppressed(
+                account.account_id,
+                c.rule.channel,
+                c.rule.id,
+                c.target,
+                to_utc(c.nominal_day, c.rule.at, zone).astimezone(self.zone),  # window_start
+                to_utc(c.nominal_day, c.rule.until, zone).astimezone(self.zone),  # window_end
+                hold.reason,
+                hold.sentence,  # detail
+                contact_id(account.account_id, c.rule.id, account.due_date, c.step, c.target),
             )
         )
         if self.explain:

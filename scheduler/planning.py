@@ -25,14 +25,14 @@ from scheduler.models import (
     Channel,
     Horizon,
     Plan,
-    PlannedContact,
     Reason,
-    SuppressedContact,
 )
 from scheduler.planner import (
     FIRST_CONTACT_SEARCH_DAYS,
     follow_up_rules,
     merge_shard_plans,
+    new_planned,
+    new_suppressed,
     plan,
     rules_on,
 )
@@ -233,14 +233,14 @@ def _from_wire(wire: _Wire) -> tuple[int, Plan]:
     channels, reasons = _CHANNELS, _REASONS
     return considered, Plan(
         tuple(
-            PlannedContact(cid, aid, channels[ch], rule, target, due, step, start, end, tpl,
-                           priority, risk, note)
+            new_planned(cid, aid, channels[ch], rule, target, due, step, start, end, tpl,
+                        priority, risk, note)
             for cid, aid, ch, rule, target, due, step, start, end, tpl, priority, risk, note
             in planned
         ),
         tuple(
-            SuppressedContact(aid, channels[ch], rule, target, start, end, reasons[reason],
-                              detail, cid)
+            new_suppressed(aid, channels[ch], rule, target, start, end, reasons[reason],
+                           detail, cid)
             for aid, ch, rule, target, start, end, reason, detail, cid in suppressed
         ),
         handover,

@@ -47,6 +47,7 @@ from scheduler.models import (
     PastContact,
     Promise,
     PromiseStatus,
+    positional_builder,
 )
 from scheduler.tables import (
     account_flags,
@@ -296,24 +297,28 @@ def _account(row: Sequence[Any], extra_flags: frozenset[Flag] | None) -> Account
     merged = _split_flags(flags)
     if extra_flags:
         merged = merged | extra_flags
-    return Account(
-        account_id=account_id,
-        due_date=due if isinstance(due, date) else _iso_date(due),
-        amount_due=from_stored(amount_due),
-        amount_paid=from_stored(amount_paid),
-        timezones=_split_zones(zones),
-        country=country,
-        name=name,
-        phone=phone,
-        email=email,
-        language=language,
-        product=product,
-        currency=currency,
-        status=_STATUSES[status],
-        flags=merged,
-        emergency_contacts=tuple(emergency.split(";")) if emergency else (),
-        phone_valid=bool(phone_valid),
+    return _new_account(
+        account_id,
+        due if isinstance(due, date) else _iso_date(due),
+        from_stored(amount_due),
+        from_stored(amount_paid),
+        _split_zones(zones),
+        country,
+        name,
+        phone,
+        email,
+        language,
+        product,
+        currency,
+        _STATUSES[status],
+        merged,
+        tuple(emergency.split(";")) if emergency else (),
+        bool(phone_valid),
     )
+
+
+_new_account = positional_builder(Account)  # every field, in order
+_new_past_contact = positional_builder(PastContact)
 
 
 def _past_contact(row: Sequence[Any]) -> PastContact:
@@ -324,7 +329,7 @@ def _past_contact(row: Sequence[Any]) -> PastContact:
             result = _OUTCOMES[outcome]
         else:
             result = Outcome.FAILED if status == "failed" else Outcome.SENT
-        return PastContact(account_id, _CHANNELS[channel], rule, at, result, target, due)
+        return _new_past_contact(account_id, _CHANNELS[channel], rule, at, result, target, due)
     except KeyError as exc:
         raise StoreError(f"the store holds an unknown channel or outcome: {exc}") from exc
 
