@@ -297,7 +297,9 @@ def _signal_name(signum: int) -> str:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the parent dies (a no-op elsewhere)."""
+    """Ask Linux for SIGTERM when the parent dies (a no-op elsewhere). Linux sends it each
+    time the parent *thread* exits: a SIGKILLed daemon's threads exit one by one and this
+    process is handed from one to the next, so it may get several SIGTERMs over a few ms."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -351,7 +353,8 @@ class _Child:
 
         self.settings = settings
         self.parent = parent
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set by the main thread only, never by a handler
+        self._stopping = False  # set by SIGTERM's and SIGINT's handler, which must take no lock
         self._reload = False  # set by SIGHUP's handler, which must take no lock
         self._book = load_rulebook(settings)
         lanes = build_lanes(settings, clock, policy_channels(self._book), processes=processes)
@@ -362,10 +365,7 @@ class _Child:
         )  # fmt: skip
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda _s, _f: self.stop.set())
-        signal.signal(signal.SIGINT, lambda _s, _f: self.stop.set())
-        signal.signal(signal.SIGHUP, self._hup)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck child
+        self._install_signals()
         threads = [
             threading.Thread(target=self._lane, args=(kind,), name=f"dispatch-{kind}")
             for kind in self.dispatcher.lanes
@@ -373,11 +373,8 @@ class _Child:
         log.info("workers.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
         for thread in threads:
             thread.start()
-        # The main thread sleeps rather than waiting on ``stop``: the SIGTERM handler sets
-        # ``stop`` on this thread, and would deadlock on the Event's lock if it interrupted
-        # a wait on it.
         checked = time.monotonic()
-        while not self.stop.is_set():
+        while not self._stopping:
             time.sleep(0.1)
             if time.monotonic() - checked < self.settings.daemon.dispatch_every_seconds:
                 continue
@@ -388,8 +385,6 @@ class _Child:
             if self._reload:
                 self._reload = False
                 self._reload_rulebook()
-        # stopping now: no handler may interrupt this thread while it holds stop's lock
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         self.stop.set()
         deadline = time.monotonic() + self.settings.daemon.drain_seconds
         for thread in threads:
@@ -402,6 +397,23 @@ class _Child:
         log.info("workers.stopped", owner=self.owner, released=left)
         self.dispatcher.close()
         return 0
+
+    def _install_signals(self) -> None:
+        """SIGTERM and SIGINT ask the main loop to stop (within 0.1 s), SIGHUP to reload;
+        SIGUSR1 writes every thread's stack. The handlers only set flags that loop polls.
+        Python runs a handler on the main thread between any two bytecodes, whichever thread
+        the kernel delivered the signal to (blocking it on the main thread does not help), so
+        one that set ``stop`` itself could run while the main thread, or a handler for an
+        earlier SIGTERM, holds the Event's lock inside ``stop.set()``, and wait for that
+        lock forever, the lanes with it (``stop.wait`` takes it too). Several SIGTERMs are
+        what a SIGKILLed daemon sends (see ``_die_with_parent``)."""
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGHUP, self._hup)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck child
+
+    def _request_stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
 
     def _hup(self, _signum: int, _frame: FrameType | None) -> None:
         self._reload = True

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +25,8 @@ from scheduler.daemon import build_lanes
 from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
 from scheduler.queue import Settlement
-from scheduler.workers import DispatchWorkers, RestartBackoff
+from scheduler.store import open_store
+from scheduler.workers import DispatchWorkers, RestartBackoff, _Child
 from tests.factories import account, local
 from tests.support.daemon import (
     DaemonProcess,
@@ -216,6 +219,50 @@ def test_a_killed_daemon_takes_its_children_along_and_a_restart_finishes_the_wor
         second.wait_for(lambda: statuses(url).get("sent", 0) >= N, timeout=90)
         assert second.stop() == 0
         _sent_once(url, gateway)
+
+
+def test_a_sigterm_arriving_while_the_child_sets_its_stop_event_does_not_hang_it(
+    tmp_path: Path,
+) -> None:
+    """A SIGKILLed daemon's child gets SIGTERM once per daemon thread that exits (Linux sends
+    PDEATHSIG each time the parent thread exits). Python runs each handler on the main thread
+    between two bytecodes, so one can run inside ``stop.set()`` while the main thread (or the
+    handler for the SIGTERM before) holds the Event's lock: a handler taking that lock waited
+    forever, and the lanes with it (seen once in CI: a child still alive 40 s after its
+    daemon was killed; its stacks, reproduced, show the nested handler in ``set``)."""
+    settings = load_settings(_config(tmp_path, "http://127.0.0.1:9"))
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in handled}
+    with open_store(settings) as store:
+        child = _Child(settings, store, lambda: NOON, 2, parent=os.getppid())
+        try:
+            child._install_signals()
+            # Given the child's main thread inside stop.set(), holding the Event's lock
+            # (CPython's Event keeps it in ``_cond``)
+            held = child.stop._cond
+            held.acquire()
+            rescued = threading.Event()
+
+            def rescue() -> None:  # free a handler stuck on the lock, so this test ends
+                rescued.set()
+                held.release()
+
+            watchdog = threading.Timer(2.0, rescue)
+            watchdog.start()
+            # When another SIGTERM arrives
+            signal.raise_signal(signal.SIGTERM)
+            watchdog.cancel()
+            # Then its handler returns at once, without the lock
+            assert not rescued.is_set(), "the SIGTERM handler waited on the stop Event's lock"
+            held.release()
+            # and the child stops as for any SIGTERM: it drains (nothing here) and exits 0
+            with capture_logs() as logs:
+                assert child.run() == 0
+            assert [e["released"] for e in logs if e["event"] == "workers.stopped"] == [0]
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            faulthandler.unregister(signal.SIGUSR1)
 
 
 def test_a_child_that_dies_is_replaced(tmp_path: Path) -> None:
