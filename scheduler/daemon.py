@@ -220,7 +220,8 @@ class Daemon:
         self._leading: bool | None = None  # not asked yet
         self.drained = True  # False when a tick outlived the drain at shutdown
         self.metrics = Metrics()
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set by the main thread only, never by a handler
+        self._stop_requested = False  # set by SIGTERM's and SIGINT's handler
         self._reload_requested = False  # set by SIGHUP's handler
         self._woken = False  # set by signal handlers, which must take no lock
         self._ready = False
@@ -380,7 +381,7 @@ class Daemon:
         """A tick as an APScheduler job: errors are logged and the next run tries again."""
 
         def job() -> None:
-            if self.stop.is_set():
+            if self._stop_requested or self.stop.is_set():
                 return
             try:
                 tick()
@@ -463,15 +464,16 @@ class Daemon:
     def _serve(self) -> None:
         interval = self.notifier.watchdog_interval or 5.0
         children = self.workers.due if self.workers is not None else None
-        while not self.stop.is_set():
+        while not self._stop_requested:
             self._nap(min(interval, 5.0), until=children)  # a child exited or is due to start
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
-            if self.workers is not None and not self.stop.is_set():
+            if self.workers is not None and not self._stop_requested:
                 self.workers.check()
             if self._healthy():
                 self.notifier.watchdog()
+        self.stop.set()
 
     def _nap(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         """Sleep up to ``seconds``, waking within 0.1 s of a signal or of ``until()`` being
@@ -558,8 +560,13 @@ class Daemon:
             runner.close()
 
     def _install_signals(self) -> None:
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            self.stop.set()  # the main thread never waits on this one
+        """The handlers only set flags the main loop polls (``_nap``): Python runs a handler
+        on the main thread between any two bytecodes, so one that set ``stop`` could run
+        inside an earlier handler's ``stop.set()`` (a second SIGTERM) and wait for the
+        Event's lock forever. The main thread sets ``stop`` when it sees the flag."""
+
+        def stop(_signum: int, _frame: FrameType | None) -> None:
+            self._stop_requested = True
             self._woken = True
 
         def hup(_signum: int, _frame: FrameType | None) -> None:

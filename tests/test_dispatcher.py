@@ -5,7 +5,10 @@ sent again under the same id, which the provider deduplicates."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -302,3 +305,43 @@ def test_a_reload_logs_what_it_changes_in_tomorrows_plan(daemon: Daemon, tmp_pat
         "due_day_sms/sms": {"old": 5, "new": 5, "added": 0, "removed": 0, "moved": 5}
     }
     assert event["moved"] == 5 and event["added"] == event["removed"] == 0
+
+
+def test_a_second_sigterm_arriving_while_the_first_sets_stop_does_not_hang_the_daemon(
+    daemon: Daemon,
+) -> None:
+    """Python runs a handler on the main thread between two bytecodes: a handler that set
+    the stop Event itself could run inside the previous one's ``stop.set()`` (a second
+    SIGTERM, Ctrl-C twice) and wait for the Event's lock forever."""
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in handled}
+    try:
+        daemon._install_signals()
+        # Given the main thread inside stop.set(), holding the Event's lock (CPython's
+        # Event keeps it in ``_cond``)
+        held = daemon.stop._cond  # type: ignore[attr-defined]
+        held.acquire()
+        rescued = threading.Event()
+
+        def rescue() -> None:  # free a handler stuck on the lock, so this test ends
+            rescued.set()
+            held.release()
+
+        watchdog = threading.Timer(2.0, rescue)
+        watchdog.start()
+        # When a SIGTERM arrives
+        signal.raise_signal(signal.SIGTERM)
+        watchdog.cancel()
+        # Then its handler returns at once, without the lock
+        assert not rescued.is_set(), "the SIGTERM handler waited on the stop Event's lock"
+        held.release()
+        # and the main loop ends, setting stop; no scheduled tick starts any more
+        daemon._serve()
+        assert daemon.stop.is_set()
+        ran: list[str] = []
+        daemon._guarded("plan", lambda: ran.append("plan"))()
+        assert ran == []
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        faulthandler.unregister(signal.SIGUSR1)
