@@ -15,13 +15,16 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
 
 from policies.hours import Span, intersect, to_utc
 from policies.loader import PolicySet
@@ -261,21 +264,7 @@ def merge_plans(parts: Sequence[Plan]) -> Plan:
     all of them gives. Equal keys belong to one account (the key holds the account id), so
     a stable sort of the parts one after the other keeps ``plan``'s order, ties included;
     each part being sorted already, the sort merges runs."""
-    if len(parts) == 1:
-        return parts[0]
-    decisions: dict[str, tuple[Decision, ...]] = {}
-    for part in parts:
-        decisions.update(part.decisions)
-    planned = [c for p in parts for c in p.planned]
-    suppressed = [c for p in parts for c in p.suppressed]
-    planned.sort(key=_order)
-    suppressed.sort(key=_order)
-    return Plan(
-        tuple(planned),
-        tuple(suppressed),
-        tuple(sorted(key for p in parts for key in p.handover)),
-        decisions,
-    )
+    return _merged(parts, _order)
 
 
 def merge_shard_plans(parts: Sequence[Plan]) -> Plan:
@@ -283,6 +272,14 @@ def merge_shard_plans(parts: Sequence[Plan]) -> Plan:
     account of a part below every account of the next), as shards are: contacts at the
     same time then already come part by part in account order, so a stable sort of the
     parts one after the other by time alone gives ``plan``'s order."""
+    return _merged(parts, _start)
+
+
+def _merged(
+    parts: Sequence[Plan],
+    key: Callable[[PlannedContact | SuppressedContact], SupportsRichComparison],
+) -> Plan:
+    """The parts' contacts one after the other, stably sorted by ``key``."""
     if len(parts) == 1:
         return parts[0]
     decisions: dict[str, tuple[Decision, ...]] = {}
@@ -290,14 +287,10 @@ def merge_shard_plans(parts: Sequence[Plan]) -> Plan:
         decisions.update(part.decisions)
     planned = [c for p in parts for c in p.planned]
     suppressed = [c for p in parts for c in p.suppressed]
-    planned.sort(key=_start)
-    suppressed.sort(key=_start)
-    return Plan(
-        tuple(planned),
-        tuple(suppressed),
-        tuple(key for p in parts for key in p.handover),
-        decisions,
-    )
+    planned.sort(key=key)
+    suppressed.sort(key=key)
+    handover = sorted(account_id for p in parts for account_id in p.handover)
+    return Plan(tuple(planned), tuple(suppressed), tuple(handover), decisions)
 
 
 def _start(c: PlannedContact | SuppressedContact) -> float:

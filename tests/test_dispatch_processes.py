@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.gateway import LoopbackGateway
+from tests.support.signals import own_handlers, sigterm_inside_set
 from tests.support.smtp import free_port
 
 DUE = date(2026, 11, 23)
@@ -231,38 +230,16 @@ def test_a_sigterm_arriving_while_the_child_sets_its_stop_event_does_not_hang_it
     forever, and the lanes with it (seen once in CI: a child still alive 40 s after its
     daemon was killed; its stacks, reproduced, show the nested handler in ``set``)."""
     settings = load_settings(_config(tmp_path, "http://127.0.0.1:9"))
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {signum: signal.getsignal(signum) for signum in handled}
-    with open_store(settings) as store:
+    with open_store(settings) as store, own_handlers():
         child = _Child(settings, store, lambda: NOON, 2, parent=os.getppid())
-        try:
-            child._install_signals()
-            # Given the child's main thread inside stop.set(), holding the Event's lock
-            # (CPython's Event keeps it in ``_cond``)
-            held = child.stop._cond
-            held.acquire()
-            rescued = threading.Event()
-
-            def rescue() -> None:  # free a handler stuck on the lock, so this test ends
-                rescued.set()
-                held.release()
-
-            watchdog = threading.Timer(2.0, rescue)
-            watchdog.start()
-            # When another SIGTERM arrives
-            signal.raise_signal(signal.SIGTERM)
-            watchdog.cancel()
-            # Then its handler returns at once, without the lock
-            assert not rescued.is_set(), "the SIGTERM handler waited on the stop Event's lock"
-            held.release()
-            # and the child stops as for any SIGTERM: it drains (nothing here) and exits 0
-            with capture_logs() as logs:
-                assert child.run() == 0
-            assert [e["released"] for e in logs if e["event"] == "workers.stopped"] == [0]
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            faulthandler.unregister(signal.SIGUSR1)
+        child._install_signals()
+        # Given the child's main thread inside stop.set(), holding the Event's lock,
+        # when another SIGTERM arrives, then its handler returns at once, without the lock
+        assert sigterm_inside_set(child.stop), "the SIGTERM handler waited on stop's lock"
+        # and the child stops as for any SIGTERM: it drains (nothing here) and exits 0
+        with capture_logs() as logs:
+            assert child.run() == 0
+        assert [e["released"] for e in logs if e["event"] == "workers.stopped"] == [0]
 
 
 def test_a_child_that_dies_is_replaced(tmp_path: Path) -> None:

@@ -5,10 +5,7 @@ sent again under the same id, which the provider deduplicates."""
 
 from __future__ import annotations
 
-import faulthandler
 import json
-import signal
-import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,6 +29,7 @@ from scheduler.store import Store
 from scheduler.tables import audit_log, contacts
 from tests.factories import account, local, shipped_policies
 from tests.support.daemon import write_config
+from tests.support.signals import own_handlers, sigterm_inside_set
 
 DUE = date(2026, 11, 23)
 ZONE = "Asia/Shanghai"
@@ -313,35 +311,14 @@ def test_a_second_sigterm_arriving_while_the_first_sets_stop_does_not_hang_the_d
     """Python runs a handler on the main thread between two bytecodes: a handler that set
     the stop Event itself could run inside the previous one's ``stop.set()`` (a second
     SIGTERM, Ctrl-C twice) and wait for the Event's lock forever."""
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {signum: signal.getsignal(signum) for signum in handled}
-    try:
+    with own_handlers():
         daemon._install_signals()
-        # Given the main thread inside stop.set(), holding the Event's lock (CPython's
-        # Event keeps it in ``_cond``)
-        held = daemon.stop._cond  # type: ignore[attr-defined]
-        held.acquire()
-        rescued = threading.Event()
-
-        def rescue() -> None:  # free a handler stuck on the lock, so this test ends
-            rescued.set()
-            held.release()
-
-        watchdog = threading.Timer(2.0, rescue)
-        watchdog.start()
-        # When a SIGTERM arrives
-        signal.raise_signal(signal.SIGTERM)
-        watchdog.cancel()
-        # Then its handler returns at once, without the lock
-        assert not rescued.is_set(), "the SIGTERM handler waited on the stop Event's lock"
-        held.release()
+        # Given the main thread inside stop.set(), holding the Event's lock, when a SIGTERM
+        # arrives, then its handler returns at once, without the lock
+        assert sigterm_inside_set(daemon.stop), "the SIGTERM handler waited on stop's lock"
         # and the main loop ends, setting stop; no scheduled tick starts any more
         daemon._serve()
         assert daemon.stop.is_set()
         ran: list[str] = []
         daemon._guarded("plan", lambda: ran.append("plan"))()
         assert ran == []
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        faulthandler.unregister(signal.SIGUSR1)
