@@ -96,6 +96,16 @@ def _policies(settings: Settings, directory: Path | None) -> PolicySet:
     return load_policies((directory or settings.policy_dir).resolve())
 
 
+def _plan_inputs(
+    config: Path | None, day: str, policy_dir: Path | None, now: datetime | None
+) -> tuple[Settings, datetime, Horizon, PolicySet]:
+    """What a planning command's options name: the settings, the instant (``--now`` or the
+    clock), the day (``--date``) and the policies (``--policy-dir`` or the config's)."""
+    settings = settings_from(config)
+    moment = now_from(now)
+    return settings, moment, Horizon(_day(day, settings, moment)), _policies(settings, policy_dir)
+
+
 @dataclass(frozen=True, slots=True)
 class _PlanRun:
     """Everything a planning command reads: the instant, the day, the policies, and the
@@ -117,10 +127,7 @@ class _PlanRun:
         now: datetime | None,
         account_id: str | None,
     ) -> _PlanRun:
-        settings = settings_from(config)
-        moment = now_from(now)
-        horizon = Horizon(_day(day, settings, moment))
-        policies = _policies(settings, policy_dir)
+        settings, moment, horizon, policies = _plan_inputs(config, day, policy_dir, now)
         store = open_store(settings)
         try:
             accounts, history = load_for_plan(store, policies, horizon, moment, account_id)
@@ -165,10 +172,7 @@ def _plan_store(
 ) -> tuple[Horizon, PolicySet, Plan]:
     """The whole store's plan for a day, in ``[planner] workers`` shards. Worker processes
     are forked: this command runs no other threads."""
-    settings = settings_from(config)
-    moment = now_from(now)
-    horizon = Horizon(_day(day, settings, moment))
-    policies = _policies(settings, policy_dir)
+    settings, moment, horizon, policies = _plan_inputs(config, day, policy_dir, now)
     store = open_store(settings)
     try:
         _, result = plan_from_store(

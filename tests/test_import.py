@@ -22,6 +22,7 @@ from scheduler.importer import ACCOUNT_COLUMNS, Defaults, PhoneBook, RowParser, 
 from scheduler.models import Account, AccountStatus, Flag
 from scheduler.store import Store, head_revision
 from scheduler.tables import audit_log
+from tests.support.daemon import config_url
 
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 HEADER = ",".join(ACCOUNT_COLUMNS)
@@ -43,11 +44,7 @@ Run = Callable[..., Result]
 def remind(store: Store, tmp_path: Path) -> Iterator[Run]:
     """``remind(*args)``: runs a data command against ``store`` (both backends) with a
     config.toml whose borrower defaults are Shanghai / CN / zh-CN / CNY."""
-    url = store.engine.url.render_as_string(hide_password=False)
-    if store.backend == "postgresql":
-        with store.engine.connect() as conn:
-            schema = conn.scalar(sa.text("SELECT current_schema()"))
-        url += f"?options=-csearch_path%3D{schema}"
+    url = config_url(store)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[store]\nurl = "{url}"\n[ops]\ntimezone = "Asia/Shanghai"\n'

@@ -34,6 +34,7 @@ from scheduler.models import Account
 from scheduler.sample import generate_portfolio
 from scheduler.store import AccountRows, Store, UpsertCounts
 from scheduler.tables import accounts, audit_log
+from tests.support.daemon import config_url
 
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
@@ -259,11 +260,7 @@ def test_a_worker_that_fails_is_reported(tmp_path: Path) -> None:
 
 
 def test_the_command_uses_the_configured_workers(store: Store, tmp_path: Path) -> None:
-    url = store.engine.url.render_as_string(hide_password=False)
-    if store.backend == "postgresql":
-        with store.engine.connect() as conn:
-            schema = conn.scalar(sa.text("SELECT current_schema()"))
-        url += f"?options=-csearch_path%3D{schema}"
+    url = config_url(store)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[store]\nurl = "{url}"\n[borrower_defaults]\ntimezone = "Asia/Shanghai"\n'

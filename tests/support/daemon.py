@@ -24,6 +24,17 @@ REPO = Path(__file__).resolve().parents[2]
 REMIND = [sys.executable, "-m", "scheduler.cli"]
 
 
+def config_url(store: Store) -> str:
+    """The ``[store] url`` that opens ``store`` again from a config.toml: on PostgreSQL
+    with the test's schema as the connection's search_path."""
+    url = store.engine.url.render_as_string(hide_password=False)
+    if store.backend == "postgresql":
+        with store.engine.connect() as conn:
+            schema = conn.scalar(sa.text("SELECT current_schema()"))
+        url += f"?options=-csearch_path%3D{schema}"
+    return url
+
+
 def write_config(
     folder: Path,
     *,
