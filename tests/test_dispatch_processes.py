@@ -176,7 +176,7 @@ def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
         # When it is stopped with SIGTERM
         started = time.monotonic()
         assert daemon.stop() == 0
-        assert time.monotonic() - started < 30
+        assert time.monotonic() - started < 30, f"stopped after {time.monotonic() - started} s"
         # Then every contact was sent and delivered exactly once
         _sent_once(url, gateway)
     # by both processes (each logs the sends it settled under its own owner id)
@@ -184,13 +184,13 @@ def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
         e["owner"] for e in daemon.events()
         if e.get("event") == "contact.settled" and e.get("event_kind") == "sent"
     )  # fmt: skip
-    assert len(children) == 1 and len(owners) == 2
-    assert sum(owners.values()) == N
-    assert any(owner.endswith(f":{children[0]}") for owner in owners)
+    assert len(children) == 1 and len(owners) == 2, (children, owners)  # seen failing once
+    assert sum(owners.values()) == N, owners
+    assert any(owner.endswith(f":{children[0]}") for owner in owners), (children, owners)
     # and the child stopped with the daemon, releasing nothing it still held
-    assert not _alive(children[0])
+    assert not _alive(children[0]), _stacks(daemon, children)
     stopped = [e for e in daemon.events() if e.get("event") == "workers.stopped"]
-    assert stopped and stopped[0]["released"] == 0
+    assert stopped and stopped[0]["released"] == 0, stopped
 
 
 def test_a_killed_daemon_takes_its_children_along_and_a_restart_finishes_the_work(
