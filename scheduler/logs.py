@@ -67,7 +67,13 @@ def mask_pii(
 
 def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
     """JSON lines on ``stream`` (stdout), ISO timestamps in UTC, PII masked; the standard
-    library's loggers (APScheduler, httpx) go through the same renderer at WARNING."""
+    library's loggers (APScheduler, httpx) go through the same renderer at WARNING.
+
+    Each line reaches ``stream`` in one ``write``, newline included: the daemon and its
+    dispatch children share one stdout (journald's stream, a file), and with
+    ``PYTHONUNBUFFERED=1`` (the systemd unit sets it) each ``write`` is a system call, so
+    ``print``'s separate write of the newline let another process's line land in between,
+    two events on one line and neither readable."""
     stream = stream or sys.stdout
     numeric = logging.getLevelName(level.upper())
     shared: list[Any] = [
@@ -80,7 +86,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> N
     structlog.configure(
         processors=[*shared, structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)

@@ -370,9 +370,9 @@ class _Child:
             threading.Thread(target=self._lane, args=(kind,), name=f"dispatch-{kind}")
             for kind in self.dispatcher.lanes
         ]
-        log.info("workers.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
         for thread in threads:
             thread.start()
+        log.info("workers.ready", owner=self.owner, lanes=[k.value for k in self.dispatcher.lanes])
         checked = time.monotonic()
         while not self._stopping:
             time.sleep(0.1)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import structlog
 
 from scheduler.logs import configure_logging, mask_pii
+from tests.support.daemon import REPO
 
 
 def test_addresses_and_names_are_masked_wherever_they_appear() -> None:
@@ -42,3 +48,60 @@ def test_configured_logging_writes_masked_json_lines() -> None:
     assert len(lines) == 1
     assert lines[0]["event"] == "contact.settled" and lines[0]["level"] == "info"
     assert lines[0]["to"] == "+14…0123" and lines[0]["timestamp"].endswith("Z")
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps what each ``write`` call was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_log_line_reaches_the_stream_in_one_write() -> None:
+    # (the daemon and its dispatch children share stdout: a line written in two parts
+    # lets another process's line land in between, and both are lost to a JSON reader)
+    out = _Writes()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(level="info", stream=out)
+    try:
+        structlog.get_logger("t").info("contact.settled", outcome="sent")
+        logging.getLogger("apscheduler.scheduler").warning("job missed by %s", "2 s")
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+    assert len(out.calls) == 2, out.calls
+    for call in out.calls:
+        assert call.endswith("\n") and call.count("\n") == 1, call
+        assert json.loads(call)["level"] in {"info", "warning"}
+
+
+_LOG_LINES = """
+import sys, structlog
+from scheduler.logs import configure_logging
+configure_logging(level="info")
+log = structlog.get_logger("t")
+for i in range(3000):
+    log.info("contact.settled", owner=sys.argv[1], n=i)
+"""
+
+
+def test_two_processes_logging_to_one_file_leave_every_line_whole(tmp_path: Path) -> None:
+    # Given two processes appending JSON lines to one file, unbuffered as under systemd
+    path = tmp_path / "journal.log"
+    with path.open("a") as shared:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _LOG_LINES, owner], stdout=shared,
+                             cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            for owner in ("daemon", "child")
+        ]  # fmt: skip
+        assert [p.wait(60) for p in procs] == [0, 0]
+    # Then every line is one whole event
+    lines = path.read_text().splitlines()
+    owners = Counter(json.loads(line)["owner"] for line in lines)
+    assert owners == {"daemon": 3000, "child": 3000}
