@@ -9,6 +9,7 @@ import io
 import multiprocessing
 import os
 import random
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -46,8 +47,10 @@ ACCOUNTS = 1_500
 
 @pytest.fixture
 def shards(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shard even a small store (the real threshold keeps small ones in-process)."""
+    """Shard even a small store (the real threshold keeps small ones in-process), and have
+    forked workers send their plans back in many parts."""
     monkeypatch.setattr(planning, "SHARD_MIN_ACCOUNTS", 1)
+    monkeypatch.setattr(planning, "_PART", 37)
 
 
 @pytest.fixture
@@ -320,3 +323,27 @@ def test_the_collector_is_paused_for_the_plan_and_restored(portfolio: Store) -> 
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Node:
+    me: object = None
+
+
+def test_after_a_plan_the_collector_leaves_its_objects_alone_until_the_next_plan() -> None:
+    # (re-enabled with a plan alive, the collector would scan all of it at once)
+    assert gc.isenabled()
+    try:
+        with planning.collector_paused():
+            made = [[n] for n in range(10_000)]
+            cycle = _Node()
+            cycle.me = cycle  # garbage with a cycle, which only the collector frees
+            gone = weakref.ref(cycle)
+            del cycle
+        assert gc.isenabled() and gc.get_freeze_count() >= len(made)
+        gc.collect()
+        assert gone() is not None  # frozen: not scanned
+        # When the next plan starts, what the last one left is thawed and collected
+        with planning.collector_paused():
+            assert gone() is None
+    finally:
+        gc.unfreeze()
