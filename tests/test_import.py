@@ -169,6 +169,38 @@ def test_a_later_file_with_a_payment_updates_the_account(
     assert account.amount_paid == Decimal("250.5")
 
 
+def _counted(store: Store) -> float:
+    """How many accounts PostgreSQL's planner thinks there are (as its last ANALYZE saw)."""
+    with store.engine.connect() as conn:
+        found = conn.scalar(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = 'accounts'::regclass")
+        )
+    return float(found)
+
+
+def test_postgresql_knows_the_accounts_after_a_large_import(
+    remind: Run, store: Store, tmp_path: Path
+) -> None:
+    # (without it PostgreSQL plans the next dry-run's reads for the table it last analysed,
+    # or for an empty one; this server runs no autovacuum)
+    if store.backend != "postgresql":
+        pytest.skip("SQLite keeps no planner statistics unless asked")
+
+    def imported(name: str, first: int, count: int) -> None:
+        rows = [row(f"A{n:04d}") for n in range(first, first + count)]
+        assert remind("accounts", "import", str(write_csv(tmp_path / name, rows))).exit_code == 0
+
+    # When 300 accounts are imported into an empty store, its statistics count them
+    imported("big.csv", 0, 300)
+    assert _counted(store) == 300
+    # An import that adds fewer rows than autovacuum waits for (50 and a tenth) leaves them
+    imported("few.csv", 300, 70)
+    assert _counted(store) == 300
+    # and one that adds more analyses the table again
+    imported("more.csv", 370, 81)
+    assert _counted(store) == 451
+
+
 def test_zone_and_country_come_from_the_phone_or_the_defaults(
     remind: Run, store: Store, tmp_path: Path
 ) -> None:
