@@ -196,9 +196,9 @@ def collector_paused() -> Iterator[None]:
     0.29 s, both collecting nothing). They are still freed as usual when no longer used. So
     that cycles among them are not kept for ever in a long-running daemon, the next block
     thaws them and collects once before pausing (a full pass over what is alive between two
-    plan ticks: 0.08 s with remind's modules loaded, 117k objects). Process-wide: in the daemon, other threads' cycles wait until the
-    tick ends. A block entered with the collector already off (the caller's choice, or an
-    outer block) changes nothing."""
+    plan ticks: 0.08 s with remind's modules loaded, 117k objects). Process-wide: in the
+    daemon, other threads' cycles wait until the tick ends. A block entered with the
+    collector already off (the caller's choice, or an outer block) changes nothing."""
     if not gc.isenabled():
         yield
         return
