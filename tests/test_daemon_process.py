@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import UTC, date, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.factories import account, copy_policies, local
@@ -22,6 +21,7 @@ from tests.support.daemon import (
     contact_rows,
     remind,
     seed,
+    settled_metric,
     statuses,
     write_config,
 )
@@ -85,9 +85,11 @@ def test_sends_sms_and_email_skips_the_payer_and_drains_on_sigterm(
         daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log", env=ENV)
         daemon.wait_for(lambda: len(gateway.deliveries()) == 4 and len(smtp.received()) == 4)
         # (and its Prometheus endpoint on 127.0.0.1 counts what it settled)
-        daemon.wait_for(lambda: _metric(metrics_port, 'channel="sms",outcome="skipped"') == 1)
-        assert _metric(metrics_port, 'channel="sms",outcome="sent"') == 4
-        assert _metric(metrics_port, 'channel="email",outcome="sent"') == 4
+        daemon.wait_for(
+            lambda: settled_metric(metrics_port, 'channel="sms",outcome="skipped"') == 1
+        )
+        assert settled_metric(metrics_port, 'channel="sms",outcome="sent"') == 4
+        assert settled_metric(metrics_port, 'channel="email",outcome="sent"') == 4
         started = time.monotonic()
         assert daemon.stop() == 0
         assert time.monotonic() - started < 30
@@ -278,15 +280,3 @@ def test_agent_reaches_the_borrower_so_the_fallback_sms_is_not_sent(
     status = json.loads(remind(config, "status", "--format", "json", now=afternoon).stdout)
     assert {"channel": "sms", "status": "skipped", "contacts": 1} in status["queue"]
     assert "tick.plan" in status["ticks"]
-
-
-def _metric(port: int, labels: str) -> float | None:
-    """``remind_contacts_settled_total{labels}`` as the daemon's /metrics serves it."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
-            return float(line.rsplit(" ", 1)[1])
-    return None

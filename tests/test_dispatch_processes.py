@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -32,6 +31,7 @@ from tests.support.daemon import (
     contact_rows,
     remind,
     seed,
+    settled_metric,
     statuses,
     write_config,
 )
@@ -84,18 +84,6 @@ def _exits(daemon: DaemonProcess) -> list[dict[str, Any]]:
 
 def _at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
-
-
-def _settled_metric(port: int, labels: str) -> float | None:
-    """``remind_contacts_settled_total{labels}`` as the daemon's /metrics serves it."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def _until(predicate: Callable[[], bool], timeout: float = 30) -> None:
@@ -182,7 +170,7 @@ def test_two_processes_share_the_work_send_each_contact_once_and_stop_together(
         children = _children(daemon)
         # (and the daemon's Prometheus endpoint counts every send, the child's too)
         sent = 'channel="sms",outcome="sent"'
-        daemon.wait_for(lambda: _settled_metric(port, sent) == N, timeout=10)
+        daemon.wait_for(lambda: settled_metric(port, sent) == N, timeout=10)
         # When it is stopped with SIGTERM
         started = time.monotonic()
         assert daemon.stop() == 0

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import sqlalchemy as sa
 
 from scheduler.models import Account
@@ -168,3 +169,16 @@ def audit_rows(store_url: str, kind: str | None = None) -> list[sa.Row[Any]]:
         if kind:
             stmt = stmt.where(audit_log.c.kind == kind)
         return list(conn.execute(stmt))
+
+
+def settled_metric(port: int, labels: str) -> float | None:
+    """``remind_contacts_settled_total{labels}`` as a daemon's /metrics on ``port`` serves
+    it (``None``: not served yet, or no such series)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"remind_contacts_settled_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
