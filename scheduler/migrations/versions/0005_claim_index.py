@@ -3,7 +3,7 @@
 Every dispatch tick claims per channel (``ContactQueue.claim_due``: due ``planned`` rows or
 ``claimed`` ones whose lease expired, of one channel). Without this index an idle channel's
 claim read every due row of the busy one (13 ms at 20,000 due SMS on PostgreSQL, every
-tick, for each idle lane); with it, 0.2 ms (docs/performance.md, session 4).
+tick, for each idle lane); with it, 0.2 ms (docs/performance-history.md, session 4).
 
 Revision ID: 0005
 Revises: 0004
