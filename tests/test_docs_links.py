@@ -5,6 +5,7 @@ GitHub's rule for heading anchors. A reader following a link gets the section it
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ def anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
+@cache  # a file is read once, however many links name it
+def anchors(path: Path) -> frozenset[str]:
     found: set[str] = set()
     seen: dict[str, int] = {}
     in_code = False
@@ -34,7 +36,7 @@ def anchors(path: Path) -> set[str]:
             count = seen.get(base, 0)
             seen[base] = count + 1
             found.add(base if count == 0 else f"{base}-{count}")
-    return found
+    return frozenset(found)
 
 
 def local_links(path: Path) -> list[tuple[str, Path, str | None]]:
