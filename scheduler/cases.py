@@ -157,6 +157,7 @@ class CaseFile:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._engine = store.engine
+        self._writer = store.writer
 
     # -- outcomes --
 
@@ -190,7 +191,7 @@ class CaseFile:
         (then nothing is recorded)."""
         require_aware(now, "now")
         done: list[Recorded] = []
-        with db_errors("cannot record the outcome"), self._engine.begin() as conn:
+        with db_errors("cannot record the outcome"), self._writer.begin() as conn:
             for record, account, effects in items:
                 require_aware(record.at, "record.at")
                 done.append(self._record(conn, record, account, effects, now, policy_version))
@@ -305,7 +306,7 @@ class CaseFile:
                 closed.append((row, state))
         if not closed:
             return 0, 0
-        with db_errors("cannot close promises"), self._engine.begin() as conn:
+        with db_errors("cannot close promises"), self._writer.begin() as conn:
             for row, state in closed:
                 conn.execute(promises.update().where(_P.id == row.id)
                              .values(status=state.value, closed_at=now))  # fmt: skip
@@ -325,7 +326,7 @@ class CaseFile:
     def add_note(self, note: CaseNote) -> None:
         """Record a case note and its audit event. Raises ``StoreError`` (unknown account)."""
         require_aware(note.at, "note.at")
-        with db_errors("cannot record the note"), self._engine.begin() as conn:
+        with db_errors("cannot record the note"), self._writer.begin() as conn:
             conn.execute(notes.insert(), {"account_id": note.account_id, "at": note.at,
                                           "text": note.text, "author": note.author})  # fmt: skip
             conn.execute(audit_log.insert(), {
@@ -366,7 +367,7 @@ class CaseFile:
         """Delete audit events older than ``before``; returns how many. The caller checks
         the retention (``remind db prune`` refuses anything younger)."""
         require_aware(before, "before")
-        with db_errors("cannot prune the audit log"), self._engine.begin() as conn:
+        with db_errors("cannot prune the audit log"), self._writer.begin() as conn:
             return conn.execute(audit_log.delete().where(_A.at < before)).rowcount
 
     # -- hand-over --
@@ -406,7 +407,7 @@ class CaseFile:
         with an audit event; returns how many changed."""
         require_aware(now, "now")
         changed = 0
-        with db_errors("cannot hand accounts over"), self._engine.begin() as conn:
+        with db_errors("cannot hand accounts over"), self._writer.begin() as conn:
             for account_id, detail in handed:
                 n = conn.execute(
                     accounts.update()

@@ -130,6 +130,7 @@ class ContactQueue:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._engine = store.engine
+        self._writer = store.writer
 
     # -- planning --
 
@@ -150,7 +151,7 @@ class ContactQueue:
         rows += [_missed_row(c, now, policy_version) for c in missed if c.contact_id]
         if not rows:
             return 0, 0
-        with db_errors("cannot materialise the plan"), self._engine.begin() as conn:
+        with db_errors("cannot materialise the plan"), self._writer.begin() as conn:
             inserted = insert_new(conn, contacts, rows, "contact_id")
             new = [r for r in rows if r["contact_id"] in inserted]
             _audit(conn, [_planned_event(r, now) for r in new])
@@ -190,7 +191,7 @@ class ContactQueue:
             )
             .returning(*_QUEUED_COLUMNS)
         )
-        with db_errors("cannot claim contacts"), self._engine.begin() as conn:
+        with db_errors("cannot claim contacts"), self._writer.begin() as conn:
             return [_queued(row) for row in conn.execute(stmt)]
 
     def settle(
@@ -225,7 +226,7 @@ class ContactQueue:
         )  # fmt: skip
         params = [_settle_params(s, owner, now) for s in settlements]
         events = [e for s in settlements for e in _settle_events(s, now, policy_version)]
-        with db_errors("cannot record contact outcomes"), self._engine.begin() as conn:
+        with db_errors("cannot record contact outcomes"), self._writer.begin() as conn:
             changed = conn.execute(stmt, params).rowcount
             _audit(conn, events)
         return changed
@@ -247,7 +248,7 @@ class ContactQueue:
             .join(accounts, a.account_id == _C.account_id)
             .where(_C.status == "planned", a.updated_at >= changed_since, sa.or_(closed, paid))
         )  # fmt: skip
-        with db_errors("cannot record paid accounts' contacts"), self._engine.begin() as conn:
+        with db_errors("cannot record paid accounts' contacts"), self._writer.begin() as conn:
             found = {row.contact_id: row for row in conn.execute(pick)}
             done: list[Settlement] = []
             for reason in ("closed", "paid"):
@@ -291,7 +292,7 @@ class ContactQueue:
             .where(_C.status == "claimed", where)
             .values(status="planned", lease_owner=None, lease_until=None, updated_at=now)
         )
-        with db_errors("cannot release contacts"), self._engine.begin() as conn:
+        with db_errors("cannot release contacts"), self._writer.begin() as conn:
             return conn.execute(stmt).rowcount
 
     # -- watch and status --
@@ -334,7 +335,7 @@ class ContactQueue:
             }
             for e in events
         ]
-        with db_errors("cannot write the audit log"), self._engine.begin() as conn:
+        with db_errors("cannot write the audit log"), self._writer.begin() as conn:
             _audit(conn, rows)
 
     def depth(self) -> dict[tuple[str, str], int]:
@@ -376,7 +377,7 @@ class ContactQueue:
                 set_={"value": lite.excluded.value, "owner": lite.excluded.owner,
                       "updated_at": lite.excluded.updated_at},
             )  # fmt: skip
-        with db_errors("cannot write the daemon state"), self._engine.begin() as conn:
+        with db_errors("cannot write the daemon state"), self._writer.begin() as conn:
             conn.execute(stmt, rows)
 
     def state(self) -> dict[str, StateEntry]:
@@ -419,7 +420,7 @@ class ContactQueue:
             .values(lease_owner=agent, lease_until=now + _CALL_LEASE, updated_at=now)
             .returning(*_QUEUED_COLUMNS)
         )
-        with db_errors("cannot take a call task"), self._engine.begin() as conn:
+        with db_errors("cannot take a call task"), self._writer.begin() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else _queued(row)
 

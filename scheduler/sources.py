@@ -9,7 +9,9 @@ upsert (``importer.import_rows`` / ``importer.import_accounts``), exactly as
   contacts cancelled, watermark, error) and logs one event (``source.run`` or
   ``source.failed``);
 * settles as ``skipped`` the ``planned`` contacts of accounts the run found paid (reason
-  ``paid``) or closed (``closed``), before the next dispatch tick (``ContactQueue.skip_paid``).
+  ``paid``) or closed (``closed``), before the next dispatch tick (``ContactQueue.skip_paid``);
+  the accounts of failed runs since the last successful one are looked at again, so a
+  cancellation that failed is made by the next run.
 
 Kinds:
 
@@ -171,13 +173,14 @@ class SourceLedger:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._engine = store.engine
+        self._writer = store.writer
 
     def start(self, source: str, *, now: datetime) -> int:
         """Insert a run row started at ``now`` (not finished); return its id."""
         require_aware(now, "now")
         row = {"source": source, "started": now, "rows_read": 0, "upserted": 0, "rejected": 0,
                "cancelled": 0}  # fmt: skip
-        with db_errors("cannot record a source run"), self._engine.begin() as conn:
+        with db_errors("cannot record a source run"), self._writer.begin() as conn:
             result = conn.execute(source_runs.insert().returning(source_runs.c.id), row)
             return int(result.scalar_one())
 
@@ -189,8 +192,26 @@ class SourceLedger:
             "error": run.error,
         }  # fmt: skip
         stmt = source_runs.update().where(source_runs.c.id == run_id).values(**values)
-        with db_errors("cannot record a source run"), self._engine.begin() as conn:
+        with db_errors("cannot record a source run"), self._writer.begin() as conn:
             conn.execute(stmt)
+
+    def unsettled_since(self, source: str) -> datetime | None:
+        """The start of the oldest run of ``source`` after its last successful one (or of
+        its oldest run, if none succeeded): the accounts those runs imported are the ones
+        whose paid contacts may still wait to be cancelled, since a failed run may have
+        imported rows and then failed to cancel. ``None`` when no run is recorded."""
+        r = source_runs.c
+        last_ok = (
+            sa.select(sa.func.max(r.started))
+            .where(r.source == source, r.error.is_(None), r.finished.is_not(None))
+            .scalar_subquery()
+        )
+        stmt = sa.select(sa.func.min(r.started)).where(
+            r.source == source, sa.or_(last_ok.is_(None), r.started > last_ok)
+        )
+        with db_errors("cannot read source runs"), self._engine.connect() as conn:
+            found: datetime | None = conn.scalar(stmt)
+            return found
 
     def state(self, source: str) -> _State:
         s = source_state.c
@@ -212,7 +233,7 @@ class SourceLedger:
             set_={k: stmt.excluded[k] for k in ("watermark", "watermark_type", "files",
                                                  "updated_at")},
         )  # fmt: skip
-        with db_errors("cannot write the source state"), self._engine.begin() as conn:
+        with db_errors("cannot write the source state"), self._writer.begin() as conn:
             conn.execute(stmt)
 
     def status(self, sources: list[str]) -> list[SourceStatus]:
@@ -561,9 +582,12 @@ class SourceRunner:
         return result
 
     def _cancel_paid(self, now: datetime) -> tuple[int, str | None]:
+        """Skip the planned contacts of accounts this run, or a failed run since the last
+        good one, found paid or closed (a cancellation that failed is retried next run)."""
         note = f"payment or closure arrived through source {self.name}"
         try:
-            skipped = self._queue.skip_paid(changed_since=now, now=now, note=note)
+            since = min(now, self._ledger.unsettled_since(self.name) or now)
+            skipped = self._queue.skip_paid(changed_since=since, now=now, note=note)
         except StoreError as exc:
             return 0, str(exc)
         for s in skipped:

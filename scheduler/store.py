@@ -206,9 +206,19 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
+#: The execution option that marks a write transaction (``Store.writer``).
+_WRITE = "remind_write"
+
+
 def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
     """Foreign keys on, WAL, a busy timeout, and real transactions (SQLAlchemy's pysqlite
-    recipe: the driver's own implicit BEGIN is turned off and we emit BEGIN ourselves)."""
+    recipe: the driver's own implicit BEGIN is turned off and we emit BEGIN ourselves).
+
+    A write transaction (one begun on ``Store.writer``) begins ``IMMEDIATE``: it takes the
+    write lock first, waiting up to the busy timeout for it. A plain ``BEGIN`` that reads
+    and then writes fails at once with "database is locked" when another connection
+    committed in between (SQLite cannot upgrade a stale WAL snapshot, and does not wait);
+    readers keep the plain ``BEGIN`` and never block a writer."""
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -223,7 +233,8 @@ def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def _postgres_engine(url: sa.URL, schema: str | None) -> Engine:
@@ -742,6 +753,7 @@ class Store:
     def __init__(self, engine: Engine, location: tuple[str, str | None] | None = None) -> None:
         """Wrap an engine; use ``Store.open`` instead, which also checks the schema."""
         self._engine = engine
+        self._writer = engine.execution_options(**{_WRITE: True})
         self._location = location
 
     # -- lifecycle --
@@ -789,6 +801,14 @@ class Store:
         return self._engine
 
     @property
+    def writer(self) -> Engine:
+        """The engine for transactions that write: ``with store.writer.begin() as conn``.
+        The same pool as ``engine``; on SQLite its transactions begin ``IMMEDIATE``, so one
+        that reads before it writes never fails because another writer committed
+        meanwhile (``_sqlite_pragmas``)."""
+        return self._writer
+
+    @property
     def location(self) -> tuple[str, str | None] | None:
         """``(url, schema)`` another process can ``Store.open`` to reach the same data, or
         ``None`` (a store not opened by URL, or an in-memory SQLite database)."""
@@ -815,7 +835,7 @@ class Store:
         """Migrate the schema to head (``alembic upgrade head``) in one transaction; return
         the revision now in force. Creates the PostgreSQL schema named by ``schema=`` if
         missing. Raises ``StoreError`` if a migration fails (nothing is then changed)."""
-        with db_errors("cannot upgrade the store schema"), self._engine.begin() as conn:
+        with db_errors("cannot upgrade the store schema"), self._writer.begin() as conn:
             self._create_pg_schema(conn)
             command.upgrade(alembic_config(conn), "head")
         return self.current_revision() or "base"
@@ -1046,7 +1066,7 @@ class Store:
         On PostgreSQL a commit that changed many rows refreshes the table's statistics
         (``_refresh_statistics``)."""
         require_aware(now, "now")
-        with db_errors("cannot import accounts"), self._engine.connect() as conn:
+        with db_errors("cannot import accounts"), self._writer.connect() as conn:
             transaction = conn.begin()
             imp = AccountImport(conn, now, batch_size)
             try:
@@ -1260,7 +1280,7 @@ class Store:
         self._insert(account_flags, row, "cannot add the flag")
 
     def _insert(self, table: sa.Table, row: Mapping[str, object], action: str) -> None:
-        with db_errors(action), self._engine.begin() as conn:
+        with db_errors(action), self._writer.begin() as conn:
             conn.execute(table.insert(), dict(row))
 
 

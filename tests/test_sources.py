@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -221,6 +222,90 @@ def test_a_bad_row_is_rejected_with_its_account_and_the_good_ones_are_in(
     assert result.rejected_ids == ("B1",)
     assert store.account("G1", now=MORNING) is not None
     assert store.account("B1", now=MORNING) is None
+
+
+def _paid_with_planned_contacts(store: Store, lender: LenderDb) -> SourceRunner:
+    """L1 and L2 read and planned at MORNING, then L2 paid in the lender's system."""
+    for account_id in ("L1", "L2"):
+        lender.add(account_id, at=MORNING - timedelta(days=1))
+    loans = runner(store, lender.source())
+    assert loans.run(MORNING).ok and materialise_plan(store, MORNING) > 0
+    lender.pay("L2", at=MORNING + timedelta(minutes=5))
+    return loans
+
+
+def _refuse_skips(store: Store) -> tuple[str, str]:
+    """SQL that makes the store refuse every contact update to ``skipped`` (a real failure
+    inside the store), and the SQL that lifts it."""
+    if store.backend == "sqlite":
+        return (
+            "CREATE TRIGGER refuse_skips BEFORE UPDATE OF status ON contacts "
+            "WHEN NEW.status = 'skipped' BEGIN SELECT RAISE(ABORT, 'skips refused'); END",
+            "DROP TRIGGER refuse_skips",
+        )
+    return (
+        "CREATE FUNCTION refuse_skips() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'skips refused'; END $$; "
+        "CREATE TRIGGER refuse_skips BEFORE UPDATE ON contacts FOR EACH ROW "
+        "WHEN (NEW.status = 'skipped') EXECUTE FUNCTION refuse_skips()",
+        "DROP TRIGGER refuse_skips ON contacts; DROP FUNCTION refuse_skips()",
+    )
+
+
+def test_a_cancellation_that_failed_is_made_by_the_next_run(
+    store: Store, lender: LenderDb
+) -> None:
+    loans = _paid_with_planned_contacts(store, lender)
+    refuse, lift = _refuse_skips(store)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(refuse)
+    # Given the run that reads L2's payment fails to cancel its contacts
+    failed = loans.run(MORNING + timedelta(minutes=10))
+    assert (failed.ok, failed.rows_read, failed.cancelled) == (False, 1, 0)
+    assert failed.error is not None and "skips refused" in failed.error
+    assert contact_states(store, "L2") == {("planned", None)}
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(lift)
+    # When the next run finds nothing new in the lender's table
+    retry = loans.run(MORNING + timedelta(minutes=20))
+    # Then it cancels L2's planned contacts all the same, and only those
+    assert (retry.ok, retry.rows_read) == (True, 0)
+    assert contact_states(store, "L2") == {("skipped", "paid")}
+    assert retry.cancelled == len(planned_ids(store, "L2", "skipped")) > 0
+    assert contact_states(store, "L1") == {("planned", None)}
+    # and the run after a good one looks at its own rows only
+    assert loans.run(MORNING + timedelta(minutes=30)).cancelled == 0
+    loans.close()
+
+
+def test_a_writer_committing_while_a_run_cancels_does_not_fail_the_run(
+    store: Store, lender: LenderDb
+) -> None:
+    loans = _paid_with_planned_contacts(store, lender)
+    # Given another writer (a dispatch tick, another source) commits just after the run has
+    # read which contacts to cancel and before it writes
+    other = threading.Thread(
+        target=ContactQueue(store).set_state, args=({"tick": "1"},),
+        kwargs={"owner": "other", "now": MORNING},
+    )  # fmt: skip
+
+    def between(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "JOIN accounts" in statement and not other.is_alive() and other.ident is None:
+            other.start()
+            other.join(1)  # SQLite: it waits for the run's write lock, so it is still waiting
+
+    sa.event.listen(store.engine, "after_cursor_execute", between)
+    try:
+        run = loans.run(MORNING + timedelta(minutes=10))
+    finally:
+        sa.event.remove(store.engine, "after_cursor_execute", between)
+    other.join(15)
+    # Then the run still cancels L2's contacts, and the other write is in too
+    assert other.ident is not None, "the cancellation's read was not seen"
+    assert (run.ok, run.error) == (True, None)
+    assert contact_states(store, "L2") == {("skipped", "paid")}
+    assert ContactQueue(store).state()["tick"].value == "1"
+    loans.close()
 
 
 def test_the_lender_file_moved_away_fails_the_run_and_the_next_one_catches_up(
