@@ -1064,20 +1064,23 @@ class Store:
         then ``imp.add(batch)`` any number of times. Commits when the block ends, unless
         ``imp.rollback()`` was called or an exception escapes (then nothing is written).
         On PostgreSQL a commit that changed many rows refreshes the table's statistics
-        (``_refresh_statistics``)."""
+        (``_refresh_statistics``).
+
+        The transaction begins with the first batch's first statement, not with the block:
+        on SQLite it holds the write lock (``Store.writer``), which other writers should not
+        wait on while the first rows are still being read or checked."""
         require_aware(now, "now")
         with db_errors("cannot import accounts"), self._writer.connect() as conn:
-            transaction = conn.begin()
             imp = AccountImport(conn, now, batch_size)
             try:
                 yield imp
             except BaseException:
-                transaction.rollback()
+                conn.rollback()
                 raise
             if imp.rolled_back:
-                transaction.rollback()
+                conn.rollback()
                 return
-            transaction.commit()
+            conn.commit()
             if self.backend == "postgresql":
                 self._refresh_statistics(conn, imp.counts.inserted + imp.counts.updated)
 

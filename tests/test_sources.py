@@ -10,7 +10,9 @@ import json
 import logging
 import secrets
 import shutil
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -250,6 +252,40 @@ def _refuse_skips(store: Store) -> tuple[str, str]:
         "WHEN (NEW.status = 'skipped') EXECUTE FUNCTION refuse_skips()",
         "DROP TRIGGER refuse_skips ON contacts; DROP FUNCTION refuse_skips()",
     )
+
+
+def test_a_writer_is_not_kept_waiting_while_a_run_waits_for_its_first_rows(
+    store: Store, tmp_path: Path
+) -> None:
+    lender = next(_sqlite_lender(tmp_path))
+    lender.add("W1", at=MORNING)
+    # Given the lender's database answers only after 3 s (another session holds it locked)
+    locked, held = threading.Event(), 3.0
+
+    def lock_lender() -> None:
+        conn = sqlite3.connect(lender.url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(held)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=lock_lender)
+    holder.start()
+    locked.wait(5)
+    found: list[SourceRun] = []
+    run = threading.Thread(target=lambda: found.append(runner(store, lender.source()).run(MORNING)))
+    run.start()
+    time.sleep(0.5)  # the run has started and waits for its first row
+    # When another writer of the store (a lane recording a send) writes meanwhile
+    started = time.monotonic()
+    ContactQueue(store).set_state({"tick": "1"}, owner="lane", now=MORNING)
+    waited = time.monotonic() - started
+    run.join(15)
+    holder.join(5)
+    # Then it goes through at once, and the run imports once the lender answers
+    assert waited < held / 2, f"the write waited {waited:.1f} s for the run's write lock"
+    assert found and (found[0].ok, found[0].upserted) == (True, 1)
 
 
 def test_a_cancellation_that_failed_is_made_by_the_next_run(
