@@ -196,10 +196,10 @@ class SourceLedger:
             conn.execute(stmt)
 
     def unsettled_since(self, source: str) -> datetime | None:
-        """The start of the oldest run of ``source`` after its last successful one (or of
-        its oldest run, if none succeeded): the accounts those runs imported are the ones
-        whose paid contacts may still wait to be cancelled, since a failed run may have
-        imported rows and then failed to cancel. ``None`` when no run is recorded."""
+        """When the oldest run of ``source`` since its last successful one started (all
+        its runs count while none has succeeded; ``None``: no run recorded). A failed run
+        may have imported rows and then failed to cancel their paid contacts: accounts
+        updated since then are looked at again."""
         r = source_runs.c
         last_ok = (
             sa.select(sa.func.max(r.started))
