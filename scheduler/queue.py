@@ -163,18 +163,44 @@ class ContactQueue:
     def claim_due(
         self, channel: Channel, owner: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> list[QueuedContact]:
-        """Lease to ``owner`` up to ``limit`` contacts on ``channel`` that are ``planned``
-        with ``next_attempt_at <= now``, or ``claimed`` with an expired lease; highest
-        priority first, then the earliest due. Returns them (attempt counts as stored: a
-        caller adds its own attempts). Raises ``StoreError``."""
+        """Lease to ``owner`` up to ``limit`` contacts on ``channel``: first those
+        ``claimed`` whose lease expired (their holder died while they were at the head of
+        the queue), then ``planned`` ones with ``next_attempt_at <= now``, highest priority
+        first, then the earliest due. Returns them (attempt counts as stored: a caller adds
+        its own attempts). One transaction. Raises ``StoreError``.
+
+        The planned contacts are taken one priority at a time, each priority's due rows in
+        the order of ``ix_contacts_claim``, so a claim reads about as many rows as it takes:
+        not every due row (to sort them), nor the not-yet-due rows of higher priorities."""
         require_aware(now, "now")
-        due = sa.or_(
-            sa.and_(_C.status == "planned", _C.next_attempt_at <= now),
-            sa.and_(_C.status == "claimed", _C.lease_until < now),
-        )
+        lane = _C.channel == channel.value
+        lease = {
+            "status": "claimed",
+            "lease_owner": owner,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+            "updated_at": now,
+        }
+        expired = sa.and_(lane, _C.status == "claimed", _C.lease_until < now)
+        with db_errors("cannot claim contacts"), self._writer.begin() as conn:
+            taken = self._lease(conn, expired, limit, lease)
+            for priority in conn.execute(_planned_priorities(lane)).scalars():
+                if len(taken) >= limit:
+                    break
+                due = sa.and_(lane, _C.status == "planned", _C.priority == priority,
+                              _C.next_attempt_at <= now)  # fmt: skip
+                taken += self._lease(conn, due, limit - len(taken), lease)
+        return taken
+
+    def _lease(
+        self, conn: Connection, where: sa.ColumnElement[bool], limit: int,
+        lease: Mapping[str, Any],
+    ) -> list[QueuedContact]:
+        """Lease up to ``limit`` rows matching ``where``, highest priority and earliest due
+        first, skipping rows another claimer holds locked (PostgreSQL; SQLite serialises
+        writers)."""
         pick = (
             sa.select(_C.contact_id)
-            .where(_C.channel == channel.value, due)
+            .where(where)
             .order_by(_C.priority.desc(), _C.next_attempt_at)
             .limit(limit)
         )
@@ -183,16 +209,10 @@ class ContactQueue:
         stmt = (
             contacts.update()
             .where(_C.contact_id.in_(pick.scalar_subquery()))
-            .values(
-                status="claimed",
-                lease_owner=owner,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            )
+            .values(**lease)
             .returning(*_QUEUED_COLUMNS)
         )
-        with db_errors("cannot claim contacts"), self._writer.begin() as conn:
-            return [_queued(row) for row in conn.execute(stmt)]
+        return [_queued(row) for row in conn.execute(stmt)]
 
     def settle(
         self, owner: str, settlements: Sequence[Settlement], *, now: datetime, policy_version: str
@@ -439,6 +459,26 @@ class ContactQueue:
         )
         with db_errors("cannot read call tasks"), self._engine.connect() as conn:
             return [_queued(row) for row in conn.execute(stmt)]
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def _planned_priorities(lane: sa.ColumnElement[bool]) -> sa.Select[tuple[int]]:
+    """The distinct priorities of the lane's ``planned`` rows, highest first, read as a
+    loose index scan (a recursive query that asks ``ix_contacts_claim`` for the next lower
+    priority each step): one index probe per priority, however many rows each has."""
+    planned = sa.and_(lane, _C.status == "planned")
+
+    def highest(*below: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+        first = sa.select(_C.priority).where(planned, *below).order_by(_C.priority.desc())
+        return first.limit(1).scalar_subquery()
+
+    found = sa.select(highest().label("priority")).cte("priorities", recursive=True)
+    found = found.union_all(
+        sa.select(highest(_C.priority < found.c.priority)).where(found.c.priority.is_not(None))
+    )
+    return sa.select(found.c.priority).where(found.c.priority.is_not(None))
 
 
 # --- rows ---------------------------------------------------------------------------------

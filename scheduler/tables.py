@@ -138,8 +138,7 @@ class ContactRow(SQLModel, table=True):
     __tablename__ = "contacts"
     __table_args__ = (
         sa.Index("ix_contacts_account_performed", "account_id", "performed_at"),
-        sa.Index("ix_contacts_status_next_attempt", "status", "next_attempt_at"),
-        sa.Index("ix_contacts_channel_status_next", "channel", "status", "next_attempt_at"),
+        sa.Index("ix_contacts_claim", "channel", "status", "priority", "next_attempt_at"),
         sa.Index("ix_contacts_performed_at", "performed_at"),
         sa.Index("ix_contacts_status_window_end", "status", "window_end"),
         sa.CheckConstraint(_in("status", CONTACT_STATUSES), name="ck_contacts_status"),

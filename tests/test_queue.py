@@ -4,8 +4,10 @@ together, and only the lease holder can settle."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -20,7 +22,7 @@ from scheduler.models import (
     Reason,
     SuppressedContact,
 )
-from scheduler.queue import ContactQueue, Settlement
+from scheduler.queue import ContactQueue, QueuedContact, Settlement
 from scheduler.store import Store
 from scheduler.tables import audit_log, contacts
 from tests.factories import account
@@ -96,6 +98,37 @@ def test_a_claim_leases_due_contacts_once_until_the_lease_expires(store: Store) 
     assert queue.settle("a", done, now=later, policy_version="v") == 0
     assert queue.settle("b", done, now=later, policy_version="v") == 3
     assert {r.status for r in rows(store).values() if r.channel == "sms"} == {"sent"}
+
+
+def test_a_claim_takes_expired_leases_then_the_highest_priority_then_the_earliest_due(
+    store: Store,
+) -> None:
+    queue = seed(store)
+
+    def contacts_at(tag: str, priority: int, *minutes: int) -> list[PlannedContact]:
+        return [
+            replace(c, contact_id=f"{tag}{i}", window_start=NOW + timedelta(minutes=m))
+            for i, (c, m) in enumerate(zip(planned(len(minutes), priority=priority), minutes))
+        ]
+
+    low = contacts_at("low", 10, -50)
+    mid = contacts_at("mid", 40, -30, -40, -10, -20)  # due in the order mid1, mid0, mid3, mid2
+    high = contacts_at("high", 80, -5, -1)
+    not_yet = contacts_at("later", 100, 1, 30)  # the highest priority, but not due at NOW
+    queue.materialise(low + mid + high + not_yet, now=NOW, policy_version="v")
+
+    def ids(claimed: list[QueuedContact]) -> set[str]:
+        return {c.contact_id for c in claimed}
+
+    # a holder dies with the lowest-priority contact leased for a minute
+    assert ids(queue.claim_due(Channel.SMS, "dead", now=NOW - timedelta(minutes=45),
+                               lease_seconds=60, limit=1)) == {"low0"}  # fmt: skip
+    take = functools.partial(queue.claim_due, Channel.SMS, "me", now=NOW, lease_seconds=3600)
+    assert ids(take(limit=2)) == {"low0", "high0"}  # its expired lease first
+    assert ids(take(limit=3)) == {"high1", "mid1", "mid0"}
+    assert ids(take(limit=10)) == {"mid3", "mid2"}
+    later = take(now=NOW + timedelta(minutes=30), limit=10)
+    assert ids(later) == {"later0", "later1"}
 
 
 def test_settling_records_outcome_and_releases_in_one_go(store: Store) -> None:
