@@ -106,9 +106,10 @@ def test_a_claim_takes_expired_leases_then_the_highest_priority_then_the_earlies
     queue = seed(store)
 
     def contacts_at(tag: str, priority: int, *minutes: int) -> list[PlannedContact]:
+        made = planned(len(minutes), priority=priority)
         return [
             replace(c, contact_id=f"{tag}{i}", window_start=NOW + timedelta(minutes=m))
-            for i, (c, m) in enumerate(zip(planned(len(minutes), priority=priority), minutes))
+            for i, (c, m) in enumerate(zip(made, minutes, strict=True))
         ]
 
     low = contacts_at("low", 10, -50)
