@@ -322,6 +322,44 @@ def postgres_version() -> str:
         engine.dispose()
 
 
+# --- processes ----------------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (all its threads) so far; 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_of(pid: int) -> float:
+    """Peak resident set size (``VmHWM``) of a live process, MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL server process on the machine, by pid."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "postgres":
+                    found[int(proc.name)] = cpu_seconds(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
 # --- reporting ----------------------------------------------------------------------------
 
 

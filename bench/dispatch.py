@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.common import peak_rss_mib  # noqa: E402
+from bench.common import cpu_seconds, peak_rss_mib, peak_rss_of  # noqa: E402
 from channels.sms_http import SmsHttpChannel  # noqa: E402
 from scheduler.config import load_settings  # noqa: E402
 from scheduler.daemon import Daemon, load_rulebook  # noqa: E402
@@ -87,13 +87,13 @@ def remind_run(
     daemon.tick_plan()
     clock[0] = NOON
     started, cpu = time.perf_counter(), time.process_time()
-    children_cpu = sum(_cpu_seconds(pid) for pid in workers.pids)
+    children_cpu = sum(cpu_seconds(pid) for pid in workers.pids)
     settled = daemon.dispatcher.dispatch(Channel.SMS)
     while _open_contacts(store):  # the children's last batches
         time.sleep(0.01)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    cpu += sum(_cpu_seconds(pid) for pid in workers.pids) - children_cpu
-    children_rss = max((_peak_rss_of(pid) for pid in workers.pids), default=0.0)
+    cpu += sum(cpu_seconds(pid) for pid in workers.pids) - children_cpu
+    children_rss = max((peak_rss_of(pid) for pid in workers.pids), default=0.0)
     workers.stop(30)
     sent = sum(1 for r in _statuses(store) if r == "sent")
     daemon.close()
@@ -125,19 +125,6 @@ def _statuses(store: Store) -> list[str]:
     with store.engine.connect() as conn:
         return [r.status for r in conn.execute(
             sa.select(contacts.c.status).where(contacts.c.window_start <= NOON))]  # fmt: skip
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_rss_of(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def baseline(folder: Path, gateway_url: str, n: int, concurrency: int) -> dict[str, float]:

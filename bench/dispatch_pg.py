@@ -146,10 +146,14 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench.common import (  # noqa: E402
     OUT,
+    TICK,
     code_version,
+    cpu_seconds,
     fresh_store,
     libpq_url,
     peak_rss_mib,
+    peak_rss_of,
+    postgres_cpu,
 )
 from scheduler.config import load_settings  # noqa: E402
 from scheduler.daemon import load_rulebook  # noqa: E402
@@ -179,7 +183,6 @@ type = "call_queue"
 type = "outbox"
 path = "outbox-letter.jsonl"
 """
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Failed(Exception):
@@ -187,26 +190,6 @@ class Failed(Exception):
 
 
 # --- processes: CPU, memory, who listens ---------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` (all its threads) so far; 0.0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def peak_rss_of(pid: int) -> float:
-    """Peak resident set size (``VmHWM``) of a live process, MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def descendants(pid: int) -> list[int]:
@@ -246,19 +229,6 @@ def listener_pid(url: str) -> int:
         except OSError:
             continue
     raise Failed(f"no process is listening on {url}")
-
-
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds of every PostgreSQL server process on the machine, by pid."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "comm").read_text().strip() == "postgres":
-                    found[int(proc.name)] = cpu_seconds(int(proc.name))
-            except OSError:
-                continue
-    return found
 
 
 def machine_busy() -> tuple[float, float]:
