@@ -28,7 +28,7 @@ the one path for every outcome: ``remind calls outcome`` and ``remind outcome``)
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -192,7 +192,10 @@ class ContactQueue:
         return taken
 
     def _lease(
-        self, conn: Connection, where: sa.ColumnElement[bool], limit: int,
+        self,
+        conn: Connection,
+        where: sa.ColumnElement[bool],
+        limit: int,
         lease: Mapping[str, Any],
     ) -> list[QueuedContact]:
         """Lease up to ``limit`` rows matching ``where``, highest priority and earliest due
@@ -223,29 +226,14 @@ class ContactQueue:
         require_aware(now, "now")
         if not settlements:
             return 0
-        b = sa.bindparam
-        stmt = (
-            contacts.update()
-            .where(_C.contact_id == b("cid"), _C.lease_owner == b("owner"))
-            .values(
-                status=b("new_status"),
-                reason=b("new_reason"),
-                attempts=b("new_attempts"),
-                next_attempt_at=b("new_next"),
-                window_start=sa.func.coalesce(b("new_start", type_=_C.window_start.type),
-                                              _C.window_start),
-                window_end=sa.func.coalesce(b("new_end", type_=_C.window_end.type),
-                                            _C.window_end),
-                provider_ref=sa.func.coalesce(b("new_ref", type_=sa.String()), _C.provider_ref),
-                last_error=b("new_error"),
-                performed_at=b("new_performed"),
-                lease_owner=None,
-                lease_until=None,
-                updated_at=now,
-            )
-        )  # fmt: skip
-        params = [_settle_params(s, owner, now) for s in settlements]
+        rows = [_settle_params(s, owner, now) for s in settlements]
         events = [e for s in settlements for e in _settle_events(s, now, policy_version)]
+        params: Mapping[str, Any] | list[dict[str, Any]]
+        if self._store.backend == "postgresql":
+            # one statement for the batch: 200 single-row updates cost the server 2.5x more
+            stmt, params = _settle_all(now), _as_arrays(rows)
+        else:
+            stmt, params = _settle_each(now), rows  # executemany
         with db_errors("cannot record contact outcomes"), self._writer.begin() as conn:
             changed = conn.execute(stmt, params).rowcount
             _audit(conn, events)
@@ -479,6 +467,62 @@ def _planned_priorities(lane: sa.ColumnElement[bool]) -> sa.Select[tuple[int]]:
         sa.select(highest(_C.priority < found.c.priority)).where(found.c.priority.is_not(None))
     )
     return sa.select(found.c.priority).where(found.c.priority.is_not(None))
+
+
+#: A settlement's parameters (``_settle_params``) and the column type of each.
+_SETTLE_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "cid": _C.contact_id.type, "owner": _C.lease_owner.type, "new_status": _C.status.type,
+    "new_reason": _C.reason.type, "new_attempts": _C.attempts.type,
+    "new_next": _C.next_attempt_at.type, "new_start": _C.window_start.type,
+    "new_end": _C.window_end.type, "new_ref": _C.provider_ref.type,
+    "new_error": _C.last_error.type, "new_performed": _C.performed_at.type,
+}  # fmt: skip
+
+
+def _settle_update(value: Callable[[str], Any], now: datetime) -> sa.Update:
+    """The settle ``UPDATE``, each settlement parameter read through ``value(name)``."""
+    return (
+        contacts.update()
+        .where(_C.contact_id == value("cid"), _C.lease_owner == value("owner"))
+        .values(
+            status=value("new_status"),
+            reason=value("new_reason"),
+            attempts=value("new_attempts"),
+            next_attempt_at=value("new_next"),
+            window_start=sa.func.coalesce(value("new_start"), _C.window_start),
+            window_end=sa.func.coalesce(value("new_end"), _C.window_end),
+            provider_ref=sa.func.coalesce(value("new_ref"), _C.provider_ref),
+            last_error=value("new_error"),
+            performed_at=value("new_performed"),
+            lease_owner=None,
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+
+
+def _settle_each(now: datetime) -> sa.Update:
+    """One row per execution (``executemany`` of the settlements' parameters)."""
+    return _settle_update(lambda name: sa.bindparam(name, type_=_SETTLE_TYPES[name]), now)
+
+
+def _settle_all(now: datetime) -> sa.Update:
+    """Every settlement in one statement (PostgreSQL): ``UPDATE ... FROM unnest(arrays)``,
+    one array per parameter (``_as_arrays``)."""
+    arrays = [
+        sa.bindparam(f"{name}_list", type_=postgresql.ARRAY(kind))
+        for name, kind in _SETTLE_TYPES.items()
+    ]
+    rows = (
+        sa.func.unnest(*arrays)
+        .table_valued(*(sa.column(n, kind) for n, kind in _SETTLE_TYPES.items()))
+        .render_derived(name="settled")
+    )
+    return _settle_update(lambda name: rows.c[name], now)
+
+
+def _as_arrays(params: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    return {f"{name}_list": [p[name] for p in params] for name in _SETTLE_TYPES}
 
 
 # --- rows ---------------------------------------------------------------------------------

@@ -158,6 +158,21 @@ def test_settling_records_outcome_and_releases_in_one_go(store: Store) -> None:
     assert [x.contact_id for x in again] == [b.contact_id] and again[0].attempts == 1
 
 
+def test_a_settlement_batch_changes_only_the_rows_its_owner_still_holds(store: Store) -> None:
+    queue = seed(store)
+    queue.materialise(planned(4), now=NOW, policy_version="v")
+    mine = queue.claim_due(Channel.SMS, "a", now=NOW, lease_seconds=600, limit=2)
+    theirs = queue.claim_due(Channel.SMS, "b", now=NOW, lease_seconds=600, limit=2)
+    batch = [Settlement(c.contact_id, c.account_id, "sent", "sent", 1, provider_ref=f"p-{i}")
+             for i, c in enumerate([*mine, theirs[0]])]  # fmt: skip
+    assert queue.settle("a", batch, now=NOW, policy_version="v") == 2
+    stored = rows(store)
+    assert {stored[c.contact_id].provider_ref for c in mine} == {"p-0", "p-1"}
+    assert {stored[c.contact_id].status for c in mine} == {"sent"}
+    held = stored[theirs[0].contact_id]
+    assert (held.status, held.lease_owner, held.provider_ref) == ("claimed", "b", None)
+
+
 def test_release_puts_claimed_contacts_back(store: Store) -> None:
     queue = seed(store)
     queue.materialise(planned(4), now=NOW, policy_version="v")
