@@ -9,10 +9,11 @@ A contact row moves through these statuses, and only these::
 * ``materialise`` inserts the plan's contacts as ``planned`` (``next_attempt_at`` = window
   start). The primary key is the stable contact id, so re-planning never duplicates a row
   and never touches one that exists.
-* ``claim_due`` hands a caller up to ``limit`` contacts of one channel whose next attempt is
-  due, or whose lease has expired (their holder died), and leases them to ``owner`` until
-  ``now + lease_seconds``. On PostgreSQL the rows are picked ``FOR UPDATE SKIP LOCKED``, so
-  concurrent claimers never get the same row; SQLite serialises writers.
+* ``claim_due`` hands a caller up to ``limit`` contacts of one channel whose lease has
+  expired (their holder died), then those whose next attempt is due, highest priority
+  first, and leases them to ``owner`` until ``now + lease_seconds``. On PostgreSQL the
+  rows are picked ``FOR UPDATE SKIP LOCKED``, so concurrent claimers never get the same
+  row; SQLite serialises writers.
 * ``settle`` records each outcome **and** releases the lease in one transaction, together
   with its audit events. A settlement for a row whose lease is no longer ours (it expired
   and someone else claimed it) changes nothing.
@@ -183,9 +184,8 @@ class ContactQueue:
         expired = sa.and_(lane, _C.status == "claimed", _C.lease_until < now)
         with db_errors("cannot claim contacts"), self._writer.begin() as conn:
             taken = self._lease(conn, expired, limit, lease)
-            for priority in conn.execute(_planned_priorities(lane)).scalars():
-                if len(taken) >= limit:
-                    break
+            priorities = conn.execute(_planned_priorities(lane)).scalars()
+            while len(taken) < limit and (priority := next(priorities, None)) is not None:
                 due = sa.and_(lane, _C.status == "planned", _C.priority == priority,
                               _C.next_attempt_at <= now)  # fmt: skip
                 taken += self._lease(conn, due, limit - len(taken), lease)
