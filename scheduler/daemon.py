@@ -23,7 +23,6 @@ journal), in the daemon and in each dispatch child: for a process that seems stu
 
 from __future__ import annotations
 
-import faulthandler
 import fcntl
 import logging
 import os
@@ -56,6 +55,7 @@ from scheduler.diff import summary_fields
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.leader import Leadership, leadership_for
+from scheduler.logs import dump_stacks
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
@@ -563,7 +563,8 @@ class Daemon:
         """The handlers only set flags the main loop polls (``_nap``): Python runs a handler
         on the main thread between any two bytecodes, so one that set ``stop`` could run
         inside an earlier handler's ``stop.set()`` (a second SIGTERM) and wait for the
-        Event's lock forever. The main thread sets ``stop`` when it sees the flag."""
+        Event's lock forever. The main thread sets ``stop`` when it sees the flag. SIGUSR1's
+        ``dump_stacks`` takes no lock, so it writes the stacks itself."""
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             self._stop_requested = True
@@ -576,7 +577,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck daemon
+        signal.signal(signal.SIGUSR1, dump_stacks)
 
 
 def policy_channels(book: Rulebook) -> set[Channel]:

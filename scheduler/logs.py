@@ -11,14 +11,17 @@ number does not leak it. Names are never logged; if one reaches a log event unde
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
+from types import FrameType
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "mask_email", "mask_phone", "mask_pii"]
+__all__ = ["configure_logging", "dump_stacks", "mask_email", "mask_phone", "mask_pii"]
 
 _PHONE = re.compile(r"\+?\d[\d \-]{6,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
@@ -99,3 +102,36 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+
+
+def dump_stacks(_signum: int = 0, frame: FrameType | None = None) -> None:
+    """Write every thread's stack to stderr (file, line and function only: no values, so
+    nothing personal), in one ``write``, and return. The daemon's and each dispatch child's
+    SIGUSR1 handler.
+
+    Not ``faulthandler.register``: that dumps from the C signal handler, reading the other
+    threads' frames while they run, and a thread that changed its frames meanwhile crashed
+    a dispatch child with SIGSEGV in CI (python/cpython#116008). This runs as a Python
+    signal handler, on the main thread between two bytecodes and holding the GIL, so every
+    frame it reads stands still; ``frame`` is where the main thread was interrupted. It
+    takes no lock (``os.write`` on fd 2, not ``sys.stderr``, whose buffer lock the
+    interrupted code may hold), so it cannot wait on the code it interrupted. A main thread
+    stuck inside C code answers when that code returns; ``py-spy dump`` reads a process
+    from outside."""
+    current = threading.get_ident()
+    dumps = []
+    for ident, top in sys._current_frames().items():
+        at: FrameType | None = frame if ident == current and frame is not None else top
+        lines = [f"{'Current thread' if ident == current else 'Thread'} 0x{ident:016x} "
+                 "(most recent call first):"]  # fmt: skip
+        while at is not None:
+            code = at.f_code
+            lines.append(f'  File "{code.co_filename}", line {at.f_lineno} in {code.co_name}')
+            at = at.f_back
+        dumps.append("\n".join(lines) + "\n")
+    data = "\n".join(dumps).encode("utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(2, data) :]
+    except OSError:  # stderr closed or full: a diagnostic never stops the process
+        pass

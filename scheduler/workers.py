@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import faulthandler
 import json
 import os
 import signal
@@ -57,7 +56,7 @@ import structlog
 from scheduler.config import Settings, load_settings
 from scheduler.dispatcher import Rulebook
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
-from scheduler.logs import configure_logging
+from scheduler.logs import configure_logging, dump_stacks
 from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
 from scheduler.queue import Settlement
@@ -400,7 +399,8 @@ class _Child:
 
     def _install_signals(self) -> None:
         """SIGTERM and SIGINT ask the main loop to stop (within 0.1 s), SIGHUP to reload;
-        SIGUSR1 writes every thread's stack. The handlers only set flags that loop polls.
+        SIGUSR1 writes every thread's stack (``dump_stacks``, which takes no lock). The other
+        handlers only set flags that loop polls.
         Python runs a handler on the main thread between any two bytecodes, whichever thread
         the kernel delivered the signal to (blocking it on the main thread does not help), so
         one that set ``stop`` itself could run while the main thread, or a handler for an
@@ -410,7 +410,7 @@ class _Child:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGHUP, self._hup)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, for a stuck child
+        signal.signal(signal.SIGUSR1, dump_stacks)
 
     def _request_stop(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True

@@ -112,10 +112,8 @@ def _stacks(daemon: DaemonProcess, pids: list[int]) -> str:
 
 
 def _dumps_stacks(daemon: DaemonProcess, pid: int, frame: str) -> None:
-    """Send ``pid`` SIGUSR1 until its stacks in ``daemon``'s log show ``frame``. A dump shows
-    where the threads are at that instant, and faulthandler writes it in many small writes
-    that other processes' lines can land between, so one dump may not show ``frame`` whole;
-    the operator's answer is to ask again, and so is this."""
+    """Send ``pid`` SIGUSR1 until its stacks in ``daemon``'s log show ``frame``, asking
+    again each second, as an operator would, for at most 30 s."""
     deadline = time.monotonic() + 30
     while frame not in daemon.log_path.read_text():
         assert time.monotonic() < deadline, f"no {frame!r} in {pid}'s stacks:\n{daemon.tail()}"
