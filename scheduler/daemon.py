@@ -23,6 +23,7 @@ journal), in the daemon and in each dispatch child: for a process that seems stu
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import logging
 import os
@@ -578,6 +579,7 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
         signal.signal(signal.SIGUSR1, dump_stacks)
+        faulthandler.enable()  # a crash (SIGSEGV, SIGABRT...) writes the stacks as it dies
 
 
 def policy_channels(book: Rulebook) -> set[Channel]:

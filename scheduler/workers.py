@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -411,6 +412,7 @@ class _Child:
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGHUP, self._hup)
         signal.signal(signal.SIGUSR1, dump_stacks)
+        faulthandler.enable()  # a crash (SIGSEGV, SIGABRT...) writes the stacks as it dies
 
     def _request_stop(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True

@@ -251,6 +251,25 @@ def test_a_child_that_dies_is_replaced(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
+def test_a_child_that_crashes_leaves_its_stacks_in_the_log_and_is_replaced(
+    tmp_path: Path,
+) -> None:
+    with LoopbackGateway() as gateway:
+        config = _config(tmp_path, gateway.url)
+        daemon = DaemonProcess(config, NOON, tmp_path / "daemon.log")
+        daemon.wait_for(lambda: _ready_children(daemon) == 1)
+        # When the child crashes (a fault in C code)
+        os.kill(_children(daemon)[0], signal.SIGSEGV)
+        daemon.wait_for(lambda: len(_children(daemon)) == 2, timeout=30)
+        # Then its threads' stacks, lanes included, are in the log (the journal) before it
+        # dies, and the daemon logs the exit and starts another
+        log = daemon.log_path.read_text()
+        assert "Fatal Python error: Segmentation fault" in log and "in _lane" in log
+        exits = [e for e in daemon.events() if e.get("event") == "workers.exited"]
+        assert [e["signal"] for e in exits] == ["SIGSEGV"]
+        assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("failures", "uptime", "after"),
     [
