@@ -47,6 +47,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mib,
     postgres_cpu,
     raw_sqlite,
+    sqlite_text,
 )
 from scheduler.bulk import insert_rows  # noqa: E402
 from scheduler.models import Channel  # noqa: E402
@@ -210,7 +211,7 @@ def _sqlite_drain(url: str, batch: int) -> dict[str, Any]:
     db.execute(_AUDIT_DDL.format(ts="TEXT"))
     claim = _CLAIM.format(p="?", lock="")
     settle = _SETTLE.format(p="?")
-    now, until = _text(NOW), _text(NOW + LEASE)
+    now, until = sqlite_text(NOW), sqlite_text(NOW + LEASE)
 
     def take() -> Batch:
         db.execute("BEGIN IMMEDIATE")
@@ -230,11 +231,6 @@ def _sqlite_drain(url: str, batch: int) -> dict[str, Any]:
         return drain(take, write, postgres=False)
     finally:
         db.close()
-
-
-def _text(at: datetime) -> str:
-    """A time as the store writes it on SQLite (naive UTC text)."""
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def main() -> None:

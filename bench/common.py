@@ -266,6 +266,14 @@ def sqlite_path(url: str) -> str:
     return sa.make_url(url).database or ""
 
 
+def sqlite_text(value: date | datetime) -> str:
+    """A date or an instant as the store writes it on SQLite (instants as naive UTC text),
+    for the raw-driver baselines' parameters."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.isoformat()
+
+
 def raw_sqlite(url: str) -> sqlite3.Connection:
     """A plain ``sqlite3`` connection with the pragmas the store uses (WAL, NORMAL sync),
     in autocommit mode (the caller sends BEGIN/COMMIT)."""

@@ -52,7 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ from common import (
     run_instant,
     run_phase,
     sqlite_path,
+    sqlite_text,
 )
 
 from policies import load_policies
@@ -402,12 +403,7 @@ def phase_baseline(params: dict[str, Any]) -> dict[str, Any]:
 def _baseline_sqlite(
     ref: StoreRef, sql: str, bounds: dict[str, Any]
 ) -> tuple[float, list[tuple[Any, ...]]]:
-    def text(value: Any) -> str:  # the store's SQLite text forms of dates and instants
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value.isoformat()
-
-    bound = {k: text(v) for k, v in bounds.items()}
+    bound = {k: sqlite_text(v) for k, v in bounds.items()}
     with Timer() as timer:
         conn = raw_sqlite(ref.url)
         try:

@@ -23,7 +23,6 @@ journal), in the daemon and in each dispatch child: for a process that seems stu
 
 from __future__ import annotations
 
-import faulthandler
 import fcntl
 import logging
 import os
@@ -56,7 +55,7 @@ from scheduler.diff import summary_fields
 from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.leader import Leadership, leadership_for
-from scheduler.logs import dump_stacks
+from scheduler.logs import install_stack_dumps
 from scheduler.metrics import Metrics
 from scheduler.models import Channel, Horizon, Reason
 from scheduler.notify import Notifier
@@ -578,8 +577,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
-        signal.signal(signal.SIGUSR1, dump_stacks)
-        faulthandler.enable()  # a crash (SIGSEGV, SIGABRT...) writes the stacks as it dies
+        install_stack_dumps()
 
 
 def policy_channels(book: Rulebook) -> set[Channel]:

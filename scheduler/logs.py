@@ -10,9 +10,11 @@ number does not leak it. Names are never logged; if one reaches a log event unde
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -21,7 +23,14 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "dump_stacks", "mask_email", "mask_phone", "mask_pii"]
+__all__ = [
+    "configure_logging",
+    "dump_stacks",
+    "install_stack_dumps",
+    "mask_email",
+    "mask_phone",
+    "mask_pii",
+]
 
 _PHONE = re.compile(r"\+?\d[\d \-]{6,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
@@ -135,3 +144,12 @@ def dump_stacks(_signum: int = 0, frame: FrameType | None = None) -> None:
             data = data[os.write(2, data) :]
     except OSError:  # stderr closed or full: a diagnostic never stops the process
         pass
+
+
+def install_stack_dumps() -> None:
+    """In the daemon and each dispatch child (call from the main thread): SIGUSR1 writes
+    every thread's stack and the process goes on (``dump_stacks``); a crash (SIGSEGV,
+    SIGABRT, in C code) writes them as the process dies (``faulthandler.enable``, the job
+    faulthandler is made for)."""
+    signal.signal(signal.SIGUSR1, dump_stacks)
+    faulthandler.enable()

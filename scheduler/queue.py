@@ -28,6 +28,7 @@ the one path for every outcome: ``remind calls outcome`` and ``remind outcome``)
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ class ContactQueue:
         expired = sa.and_(lane, _C.status == "claimed", _C.lease_until < now)
         with db_errors("cannot claim contacts"), self._writer.begin() as conn:
             taken = self._lease(conn, expired, limit, lease)
-            priorities = conn.execute(_planned_priorities(lane)).scalars()
+            priorities = conn.execute(_planned_priorities(channel.value)).scalars()
             while len(taken) < limit and (priority := next(priorities, None)) is not None:
                 due = sa.and_(lane, _C.status == "planned", _C.priority == priority,
                               _C.next_attempt_at <= now)  # fmt: skip
@@ -452,11 +453,12 @@ class ContactQueue:
 # --- queries --------------------------------------------------------------------------------
 
 
-def _planned_priorities(lane: sa.ColumnElement[bool]) -> sa.Select[tuple[int]]:
-    """The distinct priorities of the lane's ``planned`` rows, highest first, read as a
+@functools.cache  # one statement per channel, built once: building it costs 0.6 ms a claim
+def _planned_priorities(channel: str) -> sa.Select[tuple[int]]:
+    """The distinct priorities of ``channel``'s ``planned`` rows, highest first, read as a
     loose index scan (a recursive query that asks ``ix_contacts_claim`` for the next lower
     priority each step): one index probe per priority, however many rows each has."""
-    planned = sa.and_(lane, _C.status == "planned")
+    planned = sa.and_(_C.channel == channel, _C.status == "planned")
 
     def highest(*below: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
         first = sa.select(_C.priority).where(planned, *below).order_by(_C.priority.desc())

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import faulthandler
 import json
 import os
 import signal
@@ -57,7 +56,7 @@ import structlog
 from scheduler.config import Settings, load_settings
 from scheduler.dispatcher import Rulebook
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
-from scheduler.logs import configure_logging, dump_stacks
+from scheduler.logs import configure_logging, install_stack_dumps
 from scheduler.metrics import Tally, tally
 from scheduler.models import Channel
 from scheduler.queue import Settlement
@@ -411,8 +410,7 @@ class _Child:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGHUP, self._hup)
-        signal.signal(signal.SIGUSR1, dump_stacks)
-        faulthandler.enable()  # a crash (SIGSEGV, SIGABRT...) writes the stacks as it dies
+        install_stack_dumps()
 
     def _request_stop(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
