@@ -29,6 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check scheduler channels policies tests bench
+	$(BIN)/ruff format --check scheduler channels policies tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

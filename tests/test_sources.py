@@ -290,9 +290,7 @@ def test_a_writer_is_not_kept_waiting_while_a_run_waits_for_its_first_rows(
     assert found and (found[0].ok, found[0].upserted) == (True, 1)
 
 
-def test_a_cancellation_that_failed_is_made_by_the_next_run(
-    store: Store, lender: LenderDb
-) -> None:
+def test_a_cancellation_that_failed_is_made_by_the_next_run(store: Store, lender: LenderDb) -> None:
     loans = _paid_with_planned_contacts(store, lender)
     refuse, lift = _refuse_skips(store)
     with store.engine.begin() as conn:
