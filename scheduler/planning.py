@@ -116,8 +116,9 @@ def load_for_plan(
     if any(follow_up_rules(policies, p) for p in policies.policies):
         # a broken-promise rule may fire for these on any day
         loaded = {a.account_id for a in accounts}
-        promised = store.accounts_with_promises(since=since, now=now, id_range=id_range)
-        accounts += [a for a in promised if a.account_id not in loaded]
+        accounts += store.accounts_with_promises(
+            since=since, now=now, id_range=id_range, loaded=loaded
+        )
     return accounts, store.history([a.account_id for a in accounts], since=since)
 
 

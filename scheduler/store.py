@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache, lru_cache
 from pathlib import Path
@@ -240,11 +240,19 @@ def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
 def _postgres_engine(url: sa.URL, schema: str | None) -> Engine:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
+    # Every session's time zone is UTC, whatever the server's default: psycopg then returns
+    # a timestamptz as an aware datetime in ``datetime.UTC``, which the history read keeps as
+    # it comes (``_past_contact``) instead of converting each value. Options given in the
+    # URL are kept; ours come after them, so they win.
+    given = url.query.get("options")
+    options = [given] if isinstance(given, str) else list(given or ())
+    url = url.difference_update_query(["options"])
+    options.append("-cTimeZone=UTC")
     if schema is not None:
         if not _IDENTIFIER.fullmatch(schema):
             raise StoreError(f"invalid PostgreSQL schema name {schema!r}")
-        connect_args["options"] = f"-csearch_path={schema}"
+        options.append(f"-csearch_path={schema}")
+    connect_args: dict[str, Any] = {"options": " ".join(options)}
     return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
@@ -333,8 +341,12 @@ _new_past_contact = positional_builder(PastContact)
 
 
 def _past_contact(row: Sequence[Any]) -> PastContact:
-    """A ``PastContact`` from a row of ``Store._performed_query``."""
+    """A ``PastContact`` from a row of ``Store._performed_query``: ``performed_at`` as the
+    driver gives it, UTC already on PostgreSQL (the session's time zone), naive UTC on
+    SQLite."""
     account_id, channel, rule, at, outcome, status, target, due = row
+    if at.tzinfo is not UTC:
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     try:
         if outcome is not None:
             result = _OUTCOMES[outcome]
@@ -944,11 +956,17 @@ class Store:
         )
 
     def accounts_with_promises(
-        self, *, since: datetime, now: datetime, id_range: IdRange = ALL_IDS
+        self,
+        *,
+        since: datetime,
+        now: datetime,
+        id_range: IdRange = ALL_IDS,
+        loaded: Collection[str] = (),
     ) -> list[Account]:
         """The active, unpaid accounts in ``id_range`` holding a promise that
         ``history(..., since=since)`` reads (pending, or broken recently), whatever their
-        due date, ordered by account_id; flags as in ``candidate_accounts``. Raises
+        due date, ordered by account_id; flags as in ``candidate_accounts``. Accounts whose
+        id is in ``loaded`` (the caller has them already) are left out unread. Raises
         ``StoreError``."""
         require_aware(since, "since")
         p = promises.c
@@ -958,7 +976,7 @@ class Store:
             .distinct()
         )
         with db_errors("cannot read promises"), self._engine.connect() as conn:
-            holders = list(conn.execute(stmt).scalars())
+            holders = [key for key in conn.execute(stmt).scalars() if key not in loaded]
         found = self.accounts_by_id(holders, now=now)
         return [
             found[key]
@@ -1129,7 +1147,7 @@ class Store:
         found_removed: defaultdict[str, set[str]] = defaultdict(set)
         with db_errors("cannot read contact history"), self._engine.connect() as conn:
             for where in filters:
-                for row in conn.execute(self._performed_query(since, where)):
+                for row in conn.execute(self._performed_query(since, where)).all():
                     if wanted is None or row[0] in wanted:
                         found_contacts[row[0]].append(_past_contact(row))
                 for row in conn.execute(self._promises_query(where, since)):
@@ -1152,8 +1170,8 @@ class Store:
     def _performed_query(since: datetime, where: _IdFilter) -> sa.Select[Any]:
         c = contacts.c
         stmt = sa.select(
-            c.account_id, c.channel, c.rule, c.performed_at, c.outcome, c.status, c.target,
-            c.due_date,
+            c.account_id, c.channel, c.rule, _raw(c.performed_at, sa.DateTime(timezone=True)),
+            c.outcome, c.status, c.target, c.due_date,
         ).where(
             c.performed_at >= since,
             sa.or_(c.status.in_(_PERFORMED_STATUSES), c.outcome.is_not(None)),

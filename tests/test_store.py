@@ -102,6 +102,19 @@ def test_empty_postgres_is_not_created_implicitly(pg_url: str, empty_pg_schema: 
         assert sa.inspect(conn).has_table("accounts")
 
 
+@pytest.mark.postgres
+def test_postgres_sessions_run_in_utc_and_keep_the_urls_options(
+    pg_url: str, pg_schema: str
+) -> None:
+    url = f"{pg_url}?options=-cstatement_timeout%3D4321"
+    with Store.open(url, schema=pg_schema) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "4321ms"
+        assert conn.exec_driver_sql("SHOW search_path").scalar() == pg_schema
+        stamp = conn.exec_driver_sql("SELECT now()").scalar()
+    assert stamp.tzinfo is UTC  # as psycopg gives it: nothing to convert
+
+
 def test_schema_newer_than_the_code_is_refused(store: Store) -> None:
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
