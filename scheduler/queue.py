@@ -232,9 +232,9 @@ class ContactQueue:
         params: Mapping[str, Any] | list[dict[str, Any]]
         if self._store.backend == "postgresql":
             # one statement for the batch: 200 single-row updates cost the server 2.5x more
-            stmt, params = _settle_all(now), _as_arrays(rows)
+            stmt, params = _settle_all(), {**_as_arrays(rows), "settled_at": now}
         else:
-            stmt, params = _settle_each(now), rows  # executemany
+            stmt, params = _settle_each(), rows  # executemany
         with db_errors("cannot record contact outcomes"), self._writer.begin() as conn:
             changed = conn.execute(stmt, params).rowcount
             _audit(conn, events)
@@ -481,8 +481,9 @@ _SETTLE_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
 }  # fmt: skip
 
 
-def _settle_update(value: Callable[[str], Any], now: datetime) -> sa.Update:
-    """The settle ``UPDATE``, each settlement parameter read through ``value(name)``."""
+def _settle_update(value: Callable[[str], Any]) -> sa.Update:
+    """The settle ``UPDATE``, each settlement parameter read through ``value(name)``, the
+    time of the settle from the parameter ``settled_at``."""
     return (
         contacts.update()
         .where(_C.contact_id == value("cid"), _C.lease_owner == value("owner"))
@@ -498,17 +499,20 @@ def _settle_update(value: Callable[[str], Any], now: datetime) -> sa.Update:
             performed_at=value("new_performed"),
             lease_owner=None,
             lease_until=None,
-            updated_at=now,
+            updated_at=sa.bindparam("settled_at", type_=_C.updated_at.type),
         )
     )
 
 
-def _settle_each(now: datetime) -> sa.Update:
+# Both built once (0.2 and 0.5 ms each): a daemon settles every batch it sends.
+@functools.cache
+def _settle_each() -> sa.Update:
     """One row per execution (``executemany`` of the settlements' parameters)."""
-    return _settle_update(lambda name: sa.bindparam(name, type_=_SETTLE_TYPES[name]), now)
+    return _settle_update(lambda name: sa.bindparam(name, type_=_SETTLE_TYPES[name]))
 
 
-def _settle_all(now: datetime) -> sa.Update:
+@functools.cache
+def _settle_all() -> sa.Update:
     """Every settlement in one statement (PostgreSQL): ``UPDATE ... FROM unnest(arrays)``,
     one array per parameter (``_as_arrays``)."""
     arrays = [
@@ -520,7 +524,7 @@ def _settle_all(now: datetime) -> sa.Update:
         .table_valued(*(sa.column(n, kind) for n, kind in _SETTLE_TYPES.items()))
         .render_derived(name="settled")
     )
-    return _settle_update(lambda name: rows.c[name], now)
+    return _settle_update(lambda name: rows.c[name])
 
 
 def _as_arrays(params: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -611,6 +615,7 @@ def _settle_params(s: Settlement, owner: str, now: datetime) -> dict[str, Any]:
         "new_ref": s.provider_ref,
         "new_error": s.error,
         "new_performed": now if s.status in _PERFORMED else None,
+        "settled_at": now,
     }
 
 
