@@ -463,7 +463,7 @@ def main() -> None:
     parser.add_argument(
         "--use-store", metavar="URL",
         help="skip preparing: use a store an earlier --keep run left (same --accounts, "
-        "--seed, --today); on PostgreSQL give --schema too",
+        "--seed, --today; its backend is the URL's); on PostgreSQL give --schema too",
     )  # fmt: skip
     parser.add_argument("--schema", help="the PostgreSQL schema of --use-store")
     parser.add_argument(
@@ -472,6 +472,8 @@ def main() -> None:
         f"{PlannerSettings().workers} here)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.use_store:
+        args.store = "postgres" if args.use_store.startswith("postgresql") else "sqlite"
     now = run_instant(args.today)
     show = args.show_commands
     with _store(args) as ref:
