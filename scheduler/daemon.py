@@ -52,7 +52,14 @@ from policies import load_policies
 from scheduler.cases import CaseFile
 from scheduler.config import Settings
 from scheduler.diff import summary_fields
-from scheduler.dispatcher import Dispatcher, Lane, RetrySettings, Rulebook, first_contact_rules
+from scheduler.dispatcher import (
+    Dispatcher,
+    Lane,
+    RetrySettings,
+    Rulebook,
+    first_contact_rules,
+    next_dispatch,
+)
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.leader import Leadership, leadership_for
 from scheduler.logs import install_stack_dumps
@@ -452,11 +459,14 @@ class Daemon:
             id="watch",
             next_run_time=start,
         )
+        # on the clock's grid, so every daemon sees contacts coming due at the same moment
+        every = d.dispatch_every_seconds
+        first_dispatch = datetime.fromtimestamp(next_dispatch(start.timestamp(), every), UTC)
         for kind in self.dispatcher.lanes:
             scheduler.add_job(
                 self._guarded(f"dispatch.{kind.value}", partial(self.tick_dispatch, kind)),
-                "interval", seconds=d.dispatch_every_seconds, id=f"dispatch.{kind.value}",
-                next_run_time=start,
+                "interval", seconds=every, id=f"dispatch.{kind.value}",
+                next_run_time=first_dispatch,
             )  # fmt: skip
         self.add_source_jobs(scheduler, start)
         return scheduler

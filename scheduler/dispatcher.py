@@ -19,13 +19,14 @@ provider sees as the idempotency key.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,8 +44,17 @@ from scheduler.errors import (
     RemindError,
     TransientChannelError,
 )
-from scheduler.models import Account, AccountHistory, Channel, Horizon, Plan, Reason
-from scheduler.planner import first_contact_catch_up, plan_account, sla_deadline
+from scheduler.models import (
+    Account,
+    AccountHistory,
+    Channel,
+    Horizon,
+    Plan,
+    PlannedContact,
+    Reason,
+    SuppressedContact,
+)
+from scheduler.planner import first_contact_catch_up, plan, plan_account, sla_deadline
 from scheduler.planning import history_since
 from scheduler.queue import ContactQueue, QueuedContact, Settlement
 from scheduler.render import Templates, context_for
@@ -57,11 +67,14 @@ __all__ = [
     "RetrySettings",
     "Rulebook",
     "compute_backoff",
+    "next_dispatch",
+    "plans_for_today",
     "recheck",
 ]
 
 log = structlog.get_logger("remind.dispatch")
 
+_NO_HISTORY = AccountHistory()
 _MISSED_REASONS = frozenset({Reason.WINDOW_PASSED, Reason.NO_ALLOWED_TIME})
 
 
@@ -83,6 +96,15 @@ class RetrySettings:
     short_max_wait_seconds: float = 5.0
     base_seconds: float = 60.0
     max_seconds: float = 3600.0
+
+
+def next_dispatch(after: float, every: float) -> float:
+    """The first instant later than ``after`` on the dispatch grid (both in seconds since
+    the epoch): the multiples of ``every`` seconds since 1970-01-01 UTC. Every dispatching
+    process (daemons, their children, on any host with a synced clock) ticks on it, so
+    contacts coming due together, at a window's start, are claimed by all of them at once
+    rather than up to ``every`` seconds apart."""
+    return (math.floor(after / every) + 1) * every
 
 
 def compute_backoff(
@@ -114,9 +136,12 @@ def recheck(
     account: Account | None,
     history: AccountHistory,
     policies: PolicySet,
+    today_plan: Plan | None = None,
 ) -> Recheck:
     """Re-plan ``account`` for its borrower-local today and tomorrow at ``now`` and find
     ``contact`` in the result (ids are stable: the same one if the plan still wants it).
+    ``today_plan``: the account's plan for its today at ``now``, when the caller made it
+    already (``plans_for_today``, a batch at once).
 
     Planned and open now: send. Planned later (quiet hours began, a cap gap, a retry after
     the first allowed time): move. Suppressed: skip with the plan's reason, or missed when
@@ -132,7 +157,9 @@ def recheck(
     # planned tomorrow (a first-24h contact with no allowed time at all today moves to
     # tomorrow's first allowed time, and must be recognised as moved, not missed), so then
     # today and tomorrow are planned; days are planned in order, so today's part is the same.
-    result = plan_account(now, account, history, policies, Horizon(today))
+    result = today_plan
+    if result is None:
+        result = plan_account(now, account, history, policies, Horizon(today))
     found = _find(contact, now, result)
     if found is None or found.action == "missed":
         result = plan_account(now, account, history, policies, Horizon(today, 2))
@@ -150,6 +177,39 @@ def recheck(
     if contact.window_end <= now:
         return Recheck("missed", Reason.WINDOW_PASSED, "its window ended before it was sent")
     return Recheck("skip", Reason.NOT_DUE, "the policy no longer asks for this contact today")
+
+
+def plans_for_today(
+    now: datetime,
+    accounts: Iterable[Account],
+    history: Mapping[str, AccountHistory],
+    policies: PolicySet,
+) -> dict[str, Plan]:
+    """Each account's plan for its borrower-local today at ``now``, by account id: what
+    ``recheck`` plans for it, made with one ``plan`` per local day, so that accounts alike
+    (no history, same due date, zone, product...) are planned once and an account with
+    several contacts in a batch once, not once a contact."""
+    by_day: dict[date, list[Account]] = {}
+    for account in accounts:
+        by_day.setdefault(now.astimezone(ZoneInfo(account.zone)).date(), []).append(account)
+    plans: dict[str, Plan] = {}
+    for today, group in by_day.items():
+        result = plan(now, group, history, policies, Horizon(today))
+        planned: dict[str, list[PlannedContact]] = {}
+        suppressed: dict[str, list[SuppressedContact]] = {}
+        for c in result.planned:
+            planned.setdefault(c.account_id, []).append(c)
+        for s in result.suppressed:
+            suppressed.setdefault(s.account_id, []).append(s)
+        handover = set(result.handover)
+        for account in group:
+            aid = account.account_id
+            plans[aid] = Plan(
+                tuple(planned.get(aid, ())),
+                tuple(suppressed.get(aid, ())),
+                (aid,) if aid in handover else (),
+            )
+    return plans
 
 
 def _covered(contact: QueuedContact, result: Plan, policies: PolicySet) -> bool:
@@ -312,23 +372,31 @@ class Dispatcher:
         """Claim and settle batches of ``kind`` until none is due or ``stop`` is set;
         returns how many contacts were settled. Raises ``StoreError``.
 
-        Two batches overlap: while one batch's messages are on the wire, the next is
-        claimed, re-checked and rendered; a batch is recorded once all its sends returned."""
+        Two batches overlap: while one batch's messages are on the wire and then recorded
+        (on a thread of its own), the next is claimed, re-checked and rendered. A batch is
+        recorded once all its sends returned; the next is handed over only after that, so
+        at most two batches are claimed and not yet recorded, as many as one thread
+        claiming and recording in turn would hold. (In turn, the claim and the record, both
+        round trips to the store, took 60% of a daemon's time: measured in
+        docs/performance.md.)"""
         total = 0
-        in_flight: _Batch | None = None
-        while not self.stop.is_set():
-            claimed = self.queue.claim_due(
-                kind, self.owner, now=self.clock(), lease_seconds=self.lease_seconds,
-                limit=self.batch_size,
-            )  # fmt: skip
-            started = self._start(kind, claimed) if claimed else None
-            if in_flight is not None:
-                total += self._finish(in_flight)
-            in_flight = started
-            if started is None:
-                break
-        if in_flight is not None:
-            total += self._finish(in_flight)
+        with ThreadPoolExecutor(1, thread_name_prefix=f"remind-record-{kind.value}") as recorder:
+            recording: Future[int] | None = None
+            try:
+                while not self.stop.is_set():
+                    claimed = self.queue.claim_due(
+                        kind, self.owner, now=self.clock(), lease_seconds=self.lease_seconds,
+                        limit=self.batch_size,
+                    )  # fmt: skip
+                    if not claimed:
+                        break
+                    started = self._start(kind, claimed)
+                    if recording is not None:
+                        total += recording.result()
+                    recording = recorder.submit(self._finish, started)
+            finally:
+                if recording is not None:  # recorded even when a claim failed meanwhile
+                    total += recording.result()
         return total
 
     def run_batch(self, kind: Channel, claimed: Sequence[QueuedContact]) -> int:
@@ -343,13 +411,15 @@ class Dispatcher:
         ids = {c.account_id for c in claimed}
         accounts = self.store.accounts_by_id(ids, now=now)
         history = self.store.history(ids, since=history_since(book.policies, now.date()))
+        today = plans_for_today(now, accounts.values(), history, book.policies)
         batch = _Batch(book)
         lane = self.lanes[kind]
         for contact in claimed:
-            account = accounts.get(contact.account_id)
-            verdict = recheck(now, contact, account, history.get(contact.account_id,
-                                                                  AccountHistory()),
-                              book.policies)  # fmt: skip
+            aid = contact.account_id
+            account = accounts.get(aid)
+            verdict = recheck(
+                now, contact, account, history.get(aid, _NO_HISTORY), book.policies, today.get(aid)
+            )
             if verdict.action != "send" or account is None:
                 batch.settled.append(self._not_sent(contact, verdict, now))
                 continue

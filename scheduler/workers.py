@@ -54,7 +54,7 @@ from typing import IO
 import structlog
 
 from scheduler.config import Settings, load_settings
-from scheduler.dispatcher import Rulebook
+from scheduler.dispatcher import Rulebook, next_dispatch
 from scheduler.errors import ConfigError, PolicyError, RemindError, StoreError
 from scheduler.logs import configure_logging, install_stack_dumps
 from scheduler.metrics import Tally, tally
@@ -426,7 +426,8 @@ class _Child:
                 log.error("tick.failed", tick=f"dispatch.{kind.value}", error=str(exc))
             except Exception:  # like a daemon tick: logged in full, tried again
                 log.exception("tick.crashed", tick=f"dispatch.{kind.value}")
-            self.stop.wait(self.settings.daemon.dispatch_every_seconds)
+            now = time.time()
+            self.stop.wait(next_dispatch(now, self.settings.daemon.dispatch_every_seconds) - now)
 
     def _reload_rulebook(self) -> None:
         from scheduler.daemon import load_rulebook

@@ -6,6 +6,7 @@ sent again under the same id, which the provider deduplicates."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -322,3 +323,20 @@ def test_a_second_sigterm_arriving_while_the_first_sets_stop_does_not_hang_the_d
         ran: list[str] = []
         daemon._guarded("plan", lambda: ran.append("plan"))()
         assert ran == []
+
+
+def test_every_daemons_dispatch_ticks_fall_on_the_same_instants(daemon: Daemon) -> None:
+    """Dispatch ticks are on a grid of ``dispatch_every_seconds`` since the epoch, not timed
+    from each daemon's start, so contacts coming due together (at a window's start) are
+    claimed by every daemon at once."""
+    every = daemon.settings.daemon.dispatch_every_seconds
+    before = time.time()
+    scheduler = daemon._scheduler()
+    jobs = [j for j in scheduler.get_jobs() if j.id.startswith("dispatch.")]
+    assert {j.id for j in jobs} == {"dispatch.sms", "dispatch.email"}
+    for job in jobs:
+        first = job.next_run_time.timestamp()
+        assert before < first <= time.time() + every
+        later = job.trigger.get_next_fire_time(job.next_run_time, job.next_run_time).timestamp()
+        for instant in (first, later):
+            assert instant == pytest.approx(round(instant / every) * every, abs=1e-3)

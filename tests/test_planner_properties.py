@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies import PolicySet, load_policies
+from scheduler.dispatcher import plans_for_today
 from scheduler.models import (
     HOLD_FLAGS,
     Account,
@@ -389,3 +390,24 @@ def test_accounts_alike_get_the_plan_each_would_get_alone(
         for a in accounts
     ]
     assert plan(now, accounts, history, card_policies, horizon) == merge_plans(alone)
+
+
+@settings(SETTINGS, max_examples=200)
+@given(case=lookalikes())
+def test_a_batchs_recheck_plans_are_each_accounts_own(
+    card_policies: PolicySet, case: LookalikeCase
+) -> None:
+    """The dispatcher re-checks a claimed batch with one plan per borrower-local day
+    (``plans_for_today``): each account's part is what planning it alone for its own today
+    gives, contact by contact, whatever the zones of the others in the batch."""
+    now, _, accounts, history = case
+    batch = plans_for_today(now, accounts, history, card_policies)
+    assert set(batch) == {a.account_id for a in accounts}
+    for a in accounts:
+        today = now.astimezone(ZoneInfo(a.zone)).date()
+        past = history.get(a.account_id, AccountHistory())
+        alone = plan_account(now, a, past, card_policies, Horizon(today))
+        got = batch[a.account_id]
+        assert sorted(got.planned, key=repr) == sorted(alone.planned, key=repr)
+        assert sorted(got.suppressed, key=repr) == sorted(alone.suppressed, key=repr)
+        assert got.handover == alone.handover
