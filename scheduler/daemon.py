@@ -6,8 +6,9 @@ APScheduler only drives ticks; the schedule itself is the contacts table.
   the last day already planned (catch-up after downtime) through ``plan_days`` ahead, and
   materialise the result: planned contacts as ``planned`` rows, contacts whose window
   passed while nobody planned them as ``missed``. Ids are stable, so this is idempotent.
-* **dispatch** (every ``dispatch_every_seconds``, one job per channel): see
-  ``scheduler.dispatcher``. A job keeps going while contacts are due.
+* **dispatch** (every ``dispatch_every_seconds``, on the multiples of it since the epoch,
+  one job per channel): see ``scheduler.dispatcher``. A job keeps going while contacts are
+  due.
 * **watch** (every ``watch_every_seconds``): first-24h contacts still unsent at their
   deadline are recorded as SLA breaches (once each); queue gauges; the daemon-state row.
 * **source.NAME** (each enabled ``[[sources]]`` entry, on its own interval or cron, on a
