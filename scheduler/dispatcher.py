@@ -377,7 +377,7 @@ class Dispatcher:
         recorded once all its sends returned; the next is handed over only after that, so
         at most two batches are claimed and not yet recorded, as many as one thread
         claiming and recording in turn would hold. (In turn, the claim and the record, both
-        round trips to the store, took 60% of a daemon's time: measured in
+        round trips to the store, took more than half of a daemon's time: see
         docs/performance.md.)"""
         total = 0
         with ThreadPoolExecutor(1, thread_name_prefix=f"remind-record-{kind.value}") as recorder:
@@ -411,14 +411,14 @@ class Dispatcher:
         ids = {c.account_id for c in claimed}
         accounts = self.store.accounts_by_id(ids, now=now)
         history = self.store.history(ids, since=history_since(book.policies, now.date()))
-        today = plans_for_today(now, accounts.values(), history, book.policies)
+        plans = plans_for_today(now, accounts.values(), history, book.policies)
         batch = _Batch(book)
         lane = self.lanes[kind]
         for contact in claimed:
             aid = contact.account_id
             account = accounts.get(aid)
             verdict = recheck(
-                now, contact, account, history.get(aid, _NO_HISTORY), book.policies, today.get(aid)
+                now, contact, account, history.get(aid, _NO_HISTORY), book.policies, plans.get(aid)
             )
             if verdict.action != "send" or account is None:
                 batch.settled.append(self._not_sent(contact, verdict, now))
