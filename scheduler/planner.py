@@ -15,6 +15,7 @@ same plan. The precedence of holds, time rules and caps is written down once, in
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
@@ -46,6 +47,7 @@ from scheduler.models import (
     Channel,
     Decision,
     Horizon,
+    PastContact,
     Plan,
     PlannedContact,
     PromiseStatus,
@@ -119,9 +121,10 @@ def plan(
     handover: list[str] = []
     decisions: dict[str, tuple[Decision, ...]] = {}
     shared: dict[tuple[object, ...], _Shared | None] = {}
+    shapes = _HistoryShapes(now, policies, horizon)
     for account in accounts:
         past = history.get(account.account_id, _NO_HISTORY)
-        key = None if explain else _shared_key(account, past)
+        key = None if explain else _shared_key(account, past, shapes)
         if key is not None and key in shared:
             like = shared[key]
             if like is not None:
@@ -143,21 +146,153 @@ def plan(
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
 
 
-def _shared_key(account: Account, history: AccountHistory) -> tuple[object, ...] | None:
+def _shared_key(
+    account: Account, history: AccountHistory, shapes: _HistoryShapes
+) -> tuple[object, ...] | None:
     """Everything the plan of ``account`` depends on but its id and its emergency contacts'
-    numbers, when that is little: no history, not paid in full (the hold names the
-    amounts). Accounts with equal keys get the same plan, but for the account id, the
-    numbers (the targets) and the contact ids, and are planned once (``None``: this
-    account's plan is its own). tests/test_planner_properties.py holds ``plan`` to planning
-    each account alone."""
-    if history.contacts or history.promises or history.removed_contacts:
+    numbers, when that is little: not paid in full (the hold names the amounts), no promise
+    and no emergency contact removed, and past contacts (if any) only to the borrower whose
+    times matter only as ``_HistoryShapes.shape`` tells. Accounts with equal keys get the
+    same plan, but for the account id, the numbers (the targets) and the contact ids, and
+    are planned once (``None``: this account's plan is its own).
+    tests/test_planner_properties.py holds ``plan`` to planning each account alone, and
+    tests/test_planner_history_alike.py does at each instant a shape compares with."""
+    if history.promises or history.removed_contacts:
         return None
     if account.paid_in_full:
         return None
     numbers = account.emergency_contacts
     if len(set(numbers)) < len(numbers):
         return None  # targets that could not be told apart
-    return (_planned_on(account), len(numbers), not account.phone, not account.email)
+    key = (_planned_on(account), len(numbers), not account.phone, not account.email)
+    if not history.contacts:
+        return key
+    shape = shapes.shape(account, history.contacts)
+    return None if shape is None else (*key, shape)
+
+
+class _HistoryShapes:
+    """What of an account's past contacts its plan over ``horizon`` from ``now`` depends on,
+    so that accounts whose histories differ only in the times of their contacts, and only
+    where no rule can tell, are planned once. A past contact's time ``at`` is read by:
+
+    * the contacts made (``_done_on``) and the day's caps: through its borrower-local day,
+      which only a horizon day, or the day of a first-24h contact, can match;
+    * the minimum gap: never, once ``at`` is ``min_gap_minutes`` before ``now`` (every
+      time planned is at or after ``now``);
+    * the 7-day call cap: a call counts in every 7 days ending in the horizon when it is
+      less than 7 days before the horizon's end, and in none when 7 days or more before
+      ``now``; calls between are the account's own. So that the windows ending at past calls
+      cannot break the cap, there are at most that many past calls;
+    * the conversation cool-down: a conversation ``cooldown`` days or more before ``now``
+      holds nothing, one ``cooldown`` days or less before the horizon's end holds every call
+      of the horizon; one between is the account's own;
+    * the unreached-days conditions and ``[outcomes]`` unreachable days: by comparison with
+      each horizon day's start less those days (``at`` at one of these instants: its own);
+    * the hold sentences: a conversation's UTC date.
+
+    Contacts to an emergency contact (their caps compare times with that number's own
+    contacts) leave the account's plan its own. The zone and policy are those of the
+    account (both are in ``_shared_key``)."""
+
+    def __init__(self, now: datetime, policies: PolicySet, horizon: Horizon) -> None:
+        self._now = now
+        self._policies = policies
+        self._horizon = horizon
+        self._bounds: dict[tuple[str, str], _ShapeBounds] = {}
+
+    def shape(self, account: Account, past: Sequence[PastContact]) -> tuple[object, ...] | None:
+        """The shape of ``past`` for ``account`` (``None``: the plan is the account's own)."""
+        bounds = self._bounds_for(account)
+        now, due = self._now, account.due_date
+        calls = 0
+        shape: list[tuple[object, ...]] = []
+        for p in past:
+            at = p.at
+            if p.target != _BORROWER or at + bounds.gap > now:
+                return None
+            reached = p.outcome.reached_borrower
+            local = at.astimezone(bounds.zone).date()
+            day = local if local >= bounds.first_day or p.rule in bounds.first_contact else None
+            since: int | None = None
+            rolling = cooldown = None
+            is_call = p.channel is Channel.CALL
+            if is_call or reached:
+                since = bisect_left(bounds.thresholds, at)
+                if since < len(bounds.thresholds) and bounds.thresholds[since] == at:
+                    return None
+            if is_call:
+                calls += 1
+                if bounds.weekly_cap:
+                    if calls > bounds.weekly_cap:
+                        return None
+                    if at > bounds.end - _WEEK:
+                        rolling = True
+                    elif at <= now - _WEEK:
+                        rolling = False
+                    else:
+                        return None
+                if reached:
+                    if at + bounds.cooldown <= now:
+                        cooldown = False
+                    elif at + bounds.cooldown >= bounds.end:
+                        cooldown = True
+                    else:
+                        return None
+            utc_day = at.date() if reached else None
+            shape.append(
+                (p.channel, p.rule, reached, p.due_date == due, day, since, rolling, cooldown,
+                 utc_day)
+            )  # fmt: skip
+        return tuple(shape)
+
+    def _bounds_for(self, account: Account) -> _ShapeBounds:
+        policy = self._policies.for_product(account.product)
+        zone_name = account.timezones[0]
+        key = (policy.policy.name, zone_name)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            bounds = self._bounds[key] = _ShapeBounds.of(policy, zone_name, self._horizon)
+        return bounds
+
+
+_WEEK = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class _ShapeBounds:
+    """The instants and spans ``_HistoryShapes`` compares past contacts with, for one
+    policy and zone."""
+
+    zone: ZoneInfo
+    first_day: date
+    end: datetime  # the end of the horizon's last borrower-local day
+    gap: timedelta
+    cooldown: timedelta
+    weekly_cap: int
+    thresholds: list[datetime]  # each horizon day's start less each unreached-days
+    first_contact: frozenset[str]  # the first-24h rules
+
+    @classmethod
+    def of(cls, policy: PolicyFile, zone_name: str, horizon: Horizon) -> _ShapeBounds:
+        caps = policy.caps
+        days = {r.unreached_days for r in policy.rule if r.unreached_days}
+        if policy.outcomes is not None and policy.outcomes.unreachable_days_before_third_party:
+            days.add(policy.outcomes.unreachable_days_before_third_party)
+        starts = [
+            to_utc(horizon.first_day + timedelta(days=k), _MIDNIGHT, zone_name)
+            for k in range(horizon.days)
+        ]
+        return cls(
+            _zone_info(zone_name),
+            horizon.first_day,
+            to_utc(horizon.last_day + timedelta(days=1), _MIDNIGHT, zone_name),
+            timedelta(minutes=caps.min_gap_minutes),
+            timedelta(days=caps.conversation_cooldown_days),
+            caps.call_attempts_per_7_days,
+            sorted({start - timedelta(days=n) for start in starts for n in days}),
+            frozenset(r.id for r in policy.rule if r.first_contact),
+        )
 
 
 _BORROWER = "borrower"

@@ -312,27 +312,63 @@ LookalikeCase = tuple[datetime, Horizon, list[Account], dict[str, AccountHistory
 
 @pytest.fixture(scope="module")
 def card_policies(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
-    """The shipped policies plus a ``card`` product policy that moves two rules."""
+    """The shipped policies plus a ``card`` product policy that moves two rules and has
+    other caps (a 30-minute gap, a 3-day cool-down, 2 calls in 7 days)."""
     directory = copy_policies(tmp_path_factory.mktemp("policies"))
     (directory / "card.toml").write_text(
         '[policy]\nname = "card"\nproducts = ["card"]\nextends = "default"\n\n'
+        "[caps]\nmin_gap_minutes = 30\nconversation_cooldown_days = 3\n"
+        "call_attempts_per_7_days = 2\n\n"
         '[[rule]]\nid = "pre_due_sms_1d"\nat = "11:00"\n\n'
         '[[rule]]\nid = "early_call"\nat = "10:30"\n'
     )
     return load_policies(directory)
 
 
+#: What a past contact may be, for a group of accounts alike: channel, rule, outcome, target
+#: (an emergency contact now and then) and whether it was for the account's due date.
+PAST_KINDS = st.tuples(
+    st.sampled_from([Channel.CALL, Channel.CALL, Channel.SMS, Channel.EMAIL, Channel.LETTER]),
+    st.sampled_from(["first_overdue_call", "early_call", "early_sms", "third_party_call"]),
+    st.sampled_from(list(Outcome)),
+    st.sampled_from(["borrower"] * 5 + [NUMBERS[0]]),
+    st.booleans(),
+)
+
+
+def _near_bounds(now: datetime, horizon: Horizon, zone: str) -> list[datetime]:
+    """The instants a past contact's time is compared with (``planner._HistoryShapes``):
+    contacts are drawn at and around them."""
+    end = datetime.combine(horizon.last_day + timedelta(days=1), time(0), tzinfo=ZoneInfo(zone))
+    starts = [
+        datetime.combine(horizon.first_day + timedelta(days=k), time(0), tzinfo=ZoneInfo(zone))
+        for k in range(horizon.days)
+    ]
+    spans = [timedelta(days=n) for n in (3, 7)] + [timedelta(minutes=m) for m in (30, 120)]
+    return [
+        *(now - span for span in spans),
+        *(end - span for span in spans),
+        *(start - timedelta(days=7) for start in starts),
+        *starts,
+        now - timedelta(hours=30),
+    ]
+
+
 @st.composite
 def lookalikes(draw: st.DrawFn) -> LookalikeCase:
     """A base variant of what a plan depends on (``KEY_POOLS``) and, for each thing in it,
     a variant differing in just that; two or three accounts of each, which vary in all else
-    (names, numbers, amounts short of paid, language, currency), in random order, most with
-    no history: the accounts the planner plans once for all alike."""
+    (names, numbers, amounts short of paid, language, currency), in random order: the
+    accounts the planner plans once for all alike. Some variants have a history: the same
+    kinds of past contacts for each of their accounts, each account's at its own times, at
+    and around the instants the planner compares them with, so that some histories differ
+    where a rule can tell and some where none can."""
     # holidays twice as often: whether a call may go then depends on the country
     day = draw(st.sampled_from([*DAYS, date(2026, 10, 1), date(2026, 12, 25)]))
     now = datetime.combine(day, time(0), tzinfo=UTC) + timedelta(
         minutes=draw(st.integers(-48 * 60, 12 * 60))
     )
+    horizon = Horizon(day, draw(st.sampled_from([1, 1, 3])))
     base = [draw(st.sampled_from(pool)) for pool in KEY_POOLS]
     variants = [base]
     for which, pool in enumerate(KEY_POOLS):
@@ -341,39 +377,50 @@ def lookalikes(draw: st.DrawFn) -> LookalikeCase:
         variants.append(variant)
     accounts: list[Account] = []
     history: dict[str, AccountHistory] = {}
-    for index, fields in enumerate(v for v in variants for _ in range(draw(st.integers(2, 3)))):
+    for fields in variants:
         dpd, zones, country, flags, status, product, phone, phone_valid, email, emergency = fields
-        amount = Decimal(draw(st.integers(2, 5000)))
-        account = Account(
-            account_id=f"L{draw(st.integers(0, 10**6))}-{index}",
-            due_date=day - timedelta(days=dpd),
-            amount_due=amount,
-            amount_paid=draw(st.sampled_from([Decimal(0), amount - 1, amount])),
-            timezones=zones,
-            country=country,
-            name=draw(st.sampled_from([None, "Li Wei", "Ann Lee"])),
-            phone=draw(st.sampled_from(["+8613812345678", "+12015550123"])) if phone else None,
-            phone_valid=phone_valid,
-            email=draw(st.sampled_from(["x@example.com", "y@example.org"])) if email else None,
-            language=draw(st.sampled_from(["en", "zh-CN"])),
-            product=product,
-            currency=draw(st.sampled_from(["", "CNY", "USD"])),
-            status=status,
-            flags=flags,
-            emergency_contacts=tuple(
-                draw(st.lists(st.sampled_from(NUMBERS), max_size=2 if emergency else 0))
-            ),
-        )
-        accounts.append(account)
-        if draw(st.integers(0, 4)) == 0:
-            history[account.account_id] = AccountHistory(
-                (PastContact(account.account_id, Channel.CALL, "early_call",
-                             now - timedelta(hours=1), draw(st.sampled_from(list(Outcome))),
-                             due_date=account.due_date),),
+        kinds = draw(st.lists(PAST_KINDS, max_size=3)) if draw(st.booleans()) else []
+        bounds = _near_bounds(now, horizon, zones[0])
+        anchors = [draw(st.sampled_from(bounds)) for _ in kinds]
+        for _ in range(draw(st.integers(2, 3))):
+            index = len(accounts)
+            amount = Decimal(draw(st.integers(2, 5000)))
+            account = Account(
+                account_id=f"L{draw(st.integers(0, 10**6))}-{index}",
+                due_date=day - timedelta(days=dpd),
+                amount_due=amount,
+                amount_paid=draw(st.sampled_from([Decimal(0), amount - 1, amount])),
+                timezones=zones,
+                country=country,
+                name=draw(st.sampled_from([None, "Li Wei", "Ann Lee"])),
+                phone=draw(st.sampled_from(["+8613812345678", "+12015550123"])) if phone else None,
+                phone_valid=phone_valid,
+                email=draw(st.sampled_from(["x@example.com", "y@example.org"])) if email else None,
+                language=draw(st.sampled_from(["en", "zh-CN"])),
+                product=product,
+                currency=draw(st.sampled_from(["", "CNY", "USD"])),
+                status=status,
+                flags=flags,
+                emergency_contacts=tuple(
+                    draw(st.lists(st.sampled_from(NUMBERS), max_size=2 if emergency else 0))
+                ),
+            )
+            accounts.append(account)
+            past = sorted(
+                (
+                    PastContact(account.account_id, channel, rule,
+                                (anchor + timedelta(minutes=draw(st.integers(-90, 90)) // 30 * 30))
+                                .astimezone(UTC),
+                                outcome, target, account.due_date if same_due else None)
+                    for (channel, rule, outcome, target, same_due), anchor in zip(
+                        kinds, anchors, strict=True)
+                ),
+                key=lambda p: p.at,
             )  # fmt: skip
-        elif draw(st.integers(0, 3)) == 0:
-            history[account.account_id] = AccountHistory()  # read from the store, but empty
-    horizon = Horizon(day, draw(st.sampled_from([1, 1, 3])))
+            if past:
+                history[account.account_id] = AccountHistory(tuple(past))
+            elif draw(st.integers(0, 3)) == 0:
+                history[account.account_id] = AccountHistory()  # read from the store, but empty
     return now, horizon, draw(st.permutations(accounts)), history
 
 
