@@ -462,8 +462,9 @@ def main() -> None:
     parser = base_arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--use-store", metavar="URL",
-        help="skip preparing: use a store an earlier --keep run left (same --accounts, "
-        "--seed, --today; its backend is the URL's); on PostgreSQL give --schema too",
+        help="skip preparing: use a store an earlier --keep run left (same --seed and "
+        "--today; its backend is the URL's, its size the store's); on PostgreSQL give "
+        "--schema too",
     )  # fmt: skip
     parser.add_argument("--schema", help="the PostgreSQL schema of --use-store")
     parser.add_argument(
@@ -481,7 +482,9 @@ def main() -> None:
             "store": ref.as_params(), "now": now.isoformat(), "workers": args.workers
         }  # fmt: skip
         prep = None
-        if not args.use_store:
+        if args.use_store:  # the report names the store's size, not --accounts
+            args.accounts = _stored_accounts(ref)
+        else:
             csv_path = portfolio_csv(args.accounts, seed=args.seed, today=args.today)
             prep_params = {
                 **params, "csv": str(csv_path), "today": args.today.isoformat(), "seed": args.seed
@@ -505,6 +508,15 @@ def main() -> None:
     if problems:
         print("\n".join(f"CHECK FAILED: {p}" for p in problems), file=sys.stderr)
         raise SystemExit(1)
+
+
+def _stored_accounts(ref: StoreRef) -> int:
+    store = ref.open()
+    try:
+        with store.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
+    finally:
+        store.close()
 
 
 @contextmanager
