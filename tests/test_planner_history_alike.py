@@ -19,6 +19,8 @@ from tests.factories import account, copy_policies, local, shipped_policies
 ZONE = "Asia/Shanghai"
 DAY = date(2026, 11, 24)  # a Tuesday, no holiday in CN
 NUMBER = "+8613912345678"
+#: A past contact: channel, rule, when, outcome, target.
+Past = tuple[Channel, str, datetime, Outcome, str]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,11 @@ def at(day: date, hh_mm: str) -> datetime:
     return local(day, hh_mm, ZONE)
 
 
-def call(when: datetime, outcome: Outcome = Outcome.NO_ANSWER, rule: str = "early_call") -> tuple:
+def call(when: datetime, outcome: Outcome = Outcome.NO_ANSWER, rule: str = "early_call") -> Past:
     return (Channel.CALL, rule, when, outcome, "borrower")
 
 
-def sms(when: datetime, rule: str, target: str = "borrower") -> tuple:
+def sms(when: datetime, rule: str, target: str = "borrower") -> Past:
     return (Channel.SMS, rule, when, Outcome.SENT, target)
 
 
@@ -54,7 +56,7 @@ def _what(result: Plan) -> tuple[list[tuple[object, ...]], list[tuple[object, ..
     )
 
 
-def _history(owner: Account, contacts: list[tuple], due_date: date | None) -> AccountHistory:
+def _history(owner: Account, contacts: list[Past], due_date: date | None) -> AccountHistory:
     """Past contacts as the store gives them: in UTC, oldest first."""
     return AccountHistory(
         tuple(
