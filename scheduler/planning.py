@@ -98,7 +98,8 @@ def load_for_plan(
     """The accounts that can have a contact in ``horizon`` (those with an account_id in
     ``id_range``), and their history: the accounts due on a date where a rule fires or
     past the hand-over line, then (when a broken-promise rule is enabled) those holding a
-    promise that the due dates did not bring in; each part in account_id order."""
+    promise that the due dates did not bring in (the first part in no particular order,
+    the second in account_id order)."""
     since = history_since(policies, horizon.first_day)
     if account_id is not None:
         account = store.account(account_id, now=now)

@@ -932,7 +932,7 @@ class Store:
         whose ``due_date`` is one of ``due_dates`` or on or before ``due_until`` (None: no
         such range), and whose account_id is in ``id_range``. The planner knows on which due
         dates a rule can fire; asking for just those reads a fraction of the window. Same
-        batching, flags and errors."""
+        batching, flags and errors, but in no particular order."""
         require_aware(now, "now")
         a = accounts.c
         dates = sorted(set(due_dates))
@@ -951,9 +951,10 @@ class Store:
                 a.due_date <= due_until, a.due_date.not_in(dates), *due
             )
             stmt = sa.union_all(stmt, past)
-        return self._accounts_from(
-            stmt.order_by(sa.literal_column("account_id")), now=now, batch_size=batch_size
-        )
+        # In no particular order: sorting the selection by account_id cost the server 0.2 s
+        # at 1M accounts (a sort spilling to disk before the first row), and the plan sorts
+        # its contacts anyway.
+        return self._accounts_from(stmt, now=now, batch_size=batch_size)
 
     def accounts_with_promises(
         self,
