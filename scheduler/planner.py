@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
@@ -125,11 +125,12 @@ def plan(
     for account in accounts:
         past = history.get(account.account_id, _NO_HISTORY)
         key = None if explain else _shared_key(account, past, shapes)
-        if key is not None and key in shared:
-            like = shared[key]
-            if like is not None:
-                like.add_for(account, planned, suppressed, handover)
-            continue
+        if key is not None:
+            like = shared.get(key, _UNSEEN)  # one lookup: hashing a key is not cheap
+            if like is not _UNSEEN:
+                if isinstance(like, _Shared):
+                    like.add_for(account, planned, suppressed, handover)
+                continue
         days = _plan_days(now, account, past, policies, horizon, explain)
         if key is not None:
             shared[key] = None if days is None else _Shared.of(days)
@@ -144,6 +145,9 @@ def plan(
     planned.sort(key=_order)
     suppressed.sort(key=_order)
     return Plan(tuple(planned), tuple(suppressed), tuple(sorted(handover)), decisions)
+
+
+_UNSEEN: Final = object()
 
 
 def _shared_key(
