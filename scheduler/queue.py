@@ -109,21 +109,15 @@ _QUEUED_COLUMNS = (
 )  # fmt: skip
 
 
-def _queued(row: Any) -> QueuedContact:
+def _queued(row: Sequence[Any]) -> QueuedContact:
+    """A ``QueuedContact`` from a row of ``_QUEUED_COLUMNS``, unpacked (a SQLAlchemy
+    ``Row``'s attributes cost ten times its items)."""
+    (contact_id, account_id, channel, rule, target, due_date, window_start, window_end,
+     template, priority, sla_risk, attempts) = row  # fmt: skip
     return QueuedContact(
-        contact_id=row.contact_id,
-        account_id=row.account_id,
-        channel=Channel(row.channel),
-        rule=row.rule,
-        target=row.target,
-        due_date=row.due_date,
-        window_start=row.window_start,
-        window_end=row.window_end,
-        template=row.template,
-        priority=row.priority,
-        sla_risk=bool(row.sla_risk),
-        attempts=row.attempts,
-    )
+        contact_id, account_id, Channel(channel), rule, target, due_date, window_start,
+        window_end, template, priority, bool(sla_risk), attempts,
+    )  # fmt: skip
 
 
 class ContactQueue:
