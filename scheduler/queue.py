@@ -110,8 +110,8 @@ _QUEUED_COLUMNS = (
 
 
 def _queued(row: Sequence[Any]) -> QueuedContact:
-    """A ``QueuedContact`` from a row of ``_QUEUED_COLUMNS``, unpacked (a SQLAlchemy
-    ``Row``'s attributes cost ten times its items)."""
+    """A ``QueuedContact`` from a row of ``_QUEUED_COLUMNS``, unpacked (see
+    ``store._account`` on why not by column name)."""
     (contact_id, account_id, channel, rule, target, due_date, window_start, window_end,
      template, priority, sla_risk, attempts) = row  # fmt: skip
     return QueuedContact(
